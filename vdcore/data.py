@@ -1,0 +1,245 @@
+"""Datasets as data: ``.npz`` arrays read without pickle, built-in sets from installed packages, MNIST IDX.
+
+Everything is checked against the model before training starts: shapes, finite values, integer labels in
+range, sizes declared in file headers (so a small compressed file cannot expand into gigabytes).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DEFAULT_MAX_BYTES = 4 << 30
+_NPZ_KEYS = ("x", "y", "x_val", "y_val")
+
+
+class DataError(ValueError):
+    """A dataset that cannot train the model; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Training examples and, when there are any, validation examples; ``x`` is float32, ``y`` int64."""
+
+    x: Tensor
+    y: Tensor
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
+    name: str = "dataset"
+
+    @property
+    def train(self) -> tuple[Tensor, Tensor]:
+        return self.x, self.y
+
+    @property
+    def val(self) -> tuple[Tensor, Tensor] | None:
+        return None if self.x_val is None or self.y_val is None else (self.x_val, self.y_val)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        labels = self.y if self.y_val is None else torch.cat([self.y, self.y_val])
+        return int(labels.max()) + 1
+
+
+def _npz_members(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shapes and dtypes of an npz's arrays, read from their headers without decompressing the data."""
+    members = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                with archive.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                members[name] = (shape, dtype)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise DataError(
+            f"not a readable .npz file ({error}); save it with numpy.savez or numpy.savez_compressed"
+        ) from None
+    declared = 0
+    for name, (shape, dtype) in members.items():
+        if dtype.hasobject:
+            raise DataError(
+                f"array '{name}' holds Python objects (it would need pickle, which is refused); "
+                "save plain numeric arrays"
+            )
+        declared += math.prod(shape) * dtype.itemsize
+    if declared > max_bytes:
+        raise DataError(f"the arrays would take {declared:,} bytes once loaded, more than the {max_bytes:,} allowed")
+    return members
+
+
+def _as_examples(x: np.ndarray, part: str, input_shape: Sequence[int]) -> Tensor:
+    """Examples as float32 shaped ``(N, *input_shape)``; a flat ``(N, features)`` array is reshaped."""
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"'{part}' must hold real numbers, it holds {x.dtype}")
+    shape = tuple(input_shape)
+    if x.ndim < 1 or x.shape[1:] != shape:
+        if x.ndim == 2 and x.shape[1] == math.prod(shape):
+            x = x.reshape(len(x), *shape)
+        else:
+            raise DataError(
+                f"'{part}' has shape {list(x.shape)}, but the model takes examples of shape {list(shape)}: "
+                f"give an array of shape [N, {', '.join(map(str, shape))}] (or [N, {math.prod(shape)}])"
+            )
+    values = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        raise DataError(f"'{part}' holds {int((~finite).sum())} NaN or infinite value(s); clean or drop them")
+    return values
+
+
+def _as_labels(y: np.ndarray, part: str, count: int, num_classes: int) -> Tensor:
+    """Labels as int64 in ``[0, num_classes)``, one per example."""
+    if y.ndim != 1 or len(y) != count:
+        raise DataError(
+            f"'{part}' must be a 1-d array of {count} class indices (one per example), got shape {list(y.shape)}"
+        )
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(f"'{part}' must hold integer class indices, it holds non-integer values")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"'{part}' must hold integer class indices, it holds {y.dtype}")
+    if count and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(
+            f"'{part}' holds labels from {y.min()} to {y.max()}, but the model has {num_classes} classes: "
+            f"labels must lie in 0..{num_classes - 1}"
+        )
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def from_arrays(
+    arrays: dict[str, np.ndarray], input_shape: Sequence[int], num_classes: int, name: str = "dataset"
+) -> Dataset:
+    """A checked dataset from ``x``, ``y`` and optional ``x_val``, ``y_val`` arrays."""
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(f"the dataset needs an array named '{key}'; it has {sorted(arrays)}")
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        raise DataError("give both 'x_val' and 'y_val', or neither")
+    x = _as_examples(arrays["x"], "x", input_shape)
+    if len(x) == 0:
+        raise DataError("'x' holds no examples")
+    y = _as_labels(arrays["y"], "y", len(x), num_classes)
+    if "x_val" not in arrays:
+        return Dataset(x, y, name=name)
+    x_val = _as_examples(arrays["x_val"], "x_val", input_shape)
+    y_val = _as_labels(arrays["y_val"], "y_val", len(x_val), num_classes)
+    return Dataset(x, y, x_val, y_val, name=name)
+
+
+def load_npz(
+    path: str | os.PathLike[str],
+    input_shape: Sequence[int],
+    num_classes: int,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Dataset:
+    """Read an ``.npz`` with arrays ``x``, ``y`` (and optionally ``x_val``, ``y_val``), never unpickling."""
+    path = Path(path)
+    members = _npz_members(path, max_bytes)
+    unknown = sorted(set(members) - set(_NPZ_KEYS))
+    if unknown:
+        raise DataError(f"unexpected array(s) {unknown} in the .npz; it may hold only {list(_NPZ_KEYS)}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in members}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise DataError(f"the .npz could not be read ({error}); save it again with numpy.savez") from None
+    return from_arrays(arrays, input_shape, num_classes, name=path.name)
+
+
+def split_validation(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """Hold out ``fraction`` of the training examples for validation, unless the dataset has its own."""
+    if dataset.val is not None or fraction == 0:
+        return dataset
+    if not 0 < fraction < 1:
+        raise DataError(f"the validation fraction must lie in [0, 1), got {fraction}")
+    count = len(dataset.x)
+    held = max(1, round(count * fraction))
+    if held >= count:
+        raise DataError(f"{count} examples are too few to hold out {fraction:.0%} for validation")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    val, train = order[:held], order[held:]
+    return replace(dataset, x=dataset.x[train], y=dataset.y[train], x_val=dataset.x[val], y_val=dataset.y[val])
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1797 images, shipped inside the package), scaled to [0, 1].
+
+    The last 297 images are the validation set, as a fixed split, so runs compare across machines.
+    """
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError:
+        raise DataError("the built-in 'digits' dataset needs scikit-learn: pip install 'vdcompress[data]'") from None
+    bunch = sklearn_digits()
+    x = torch.from_numpy((bunch.data / 16.0).astype(np.float32)).reshape(-1, 1, 8, 8)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    return Dataset(x[:1500], y[:1500], x[1500:], y[1500:], name="digits")
+
+
+BUILTIN_DATASETS = {"digits": load_digits}
+
+
+def load_builtin(name: str) -> Dataset:
+    """A dataset that ships inside an installed package, by name."""
+    if name not in BUILTIN_DATASETS:
+        raise DataError(f"unknown built-in dataset {name!r}; built-in datasets are {sorted(BUILTIN_DATASETS)}")
+    return BUILTIN_DATASETS[name]()
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """One IDX file (optionally gzipped) of unsigned bytes: big-endian magic, dimensions, then the data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8 or int.from_bytes(raw[:4], "big") != magic:
+        raise DataError(f"{path.name} is not an IDX file with magic number {magic}")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != math.prod(dims):
+        raise DataError(f"{path.name} declares shape {dims} but holds {len(raw) - offset} bytes of data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.exists():
+            return candidate
+    raise DataError(f"{directory} has no {stem} or {stem}.gz")
+
+
+def load_idx_dir(directory: str | os.PathLike[str]) -> Dataset:
+    """MNIST-format IDX files from a directory (``train-images-idx3-ubyte[.gz]`` and so on).
+
+    Images are scaled to [0, 1] and shaped ``(N, 1, H, W)``; the ``t10k`` files become the validation set.
+    """
+    directory = Path(directory)
+    parts = []
+    for prefix in ("train", "t10k"):
+        images = _read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"), 2051)
+        labels = _read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"), 2049)
+        if len(images) != len(labels):
+            raise DataError(f"{prefix}: {len(images)} images but {len(labels)} labels")
+        parts += [
+            torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)),
+        ]
+    return Dataset(*parts, name=directory.name)

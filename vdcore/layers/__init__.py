@@ -1,0 +1,7 @@
+"""Sparse VD layers: drop-in replacements for ``nn.Linear`` and ``nn.Conv2d``."""
+
+from vdcore.layers.base import SVDLayer
+from vdcore.layers.conv2d import Conv2dSVD
+from vdcore.layers.linear import LinearSVD
+
+__all__ = ["Conv2dSVD", "LinearSVD", "SVDLayer"]

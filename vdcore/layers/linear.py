@@ -1,0 +1,108 @@
+"""A fully connected layer with Sparse Variational Dropout on every weight."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vdcore import functional as VF
+from vdcore.config import SVDConfig
+from vdcore.layers.base import SVDLayer
+
+
+class LinearSVD(SVDLayer):
+    """``nn.Linear`` whose weights have learned Gaussian dropout, sampled by local reparameterization.
+
+    Args:
+        in_features, out_features, bias: as for ``nn.Linear``.
+        threshold: weights with ``log_alpha`` above it are zeroed at evaluation.
+        log_alpha_clip, init_log_sigma2, train_mask: see ``SVDConfig``.
+
+    Shape:
+        Input ``(*, in_features)``, output ``(*, out_features)``.
+
+    Attributes:
+        theta: weight means, ``(out_features, in_features)``.
+        log_sigma2: log weight variances, same shape.
+        bias: ``(out_features,)`` or ``None``; deterministic.
+
+    Examples:
+        >>> layer = LinearSVD(784, 300)
+        >>> layer.eval()(torch.randn(2, 784)).shape
+        torch.Size([2, 300])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        threshold: float = 3.0,
+        log_alpha_clip: float = 8.0,
+        init_log_sigma2: float = -10.0,
+        train_mask: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = in_features
+        self.out_features = out_features
+        self.threshold = threshold
+        self.log_alpha_clip = log_alpha_clip
+        self.init_log_sigma2 = init_log_sigma2
+        self.train_mask = train_mask
+        self.theta = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.log_sigma2 = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialisation for ``theta`` and ``bias``; ``init_log_sigma2`` for the variances."""
+        nn.init.kaiming_uniform_(self.theta, a=math.sqrt(5))
+        nn.init.constant_(self.log_sigma2, self.init_log_sigma2)
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            mean, var = self.weight_moments()
+            return VF.linear_lrt(x, mean, var, self.bias)
+        return F.linear(x, self.masked_weight(), self.bias)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, config: SVDConfig | None = None) -> LinearSVD:
+        """An SVD layer that computes what ``linear`` does, ready to fine-tune."""
+        config = config or SVDConfig()
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            threshold=config.threshold,
+            log_alpha_clip=config.log_alpha_clip,
+            init_log_sigma2=config.init_log_sigma2,
+            train_mask=config.train_mask,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
+        layer.init_from_dense(linear.weight, linear.bias, config.init_log_alpha)
+        return layer
+
+    def empty_dense(self) -> nn.Linear:
+        return nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.theta.device,
+            dtype=self.theta.dtype,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, {self._svd_repr()}"
+        )

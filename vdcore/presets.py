@@ -1,0 +1,104 @@
+"""The named architectures of the papers, as specs: LeNet-300-100, LeNet-5-Caffe and the VGG-like CNN."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from vdcore.spec import SpecError, check_shape
+
+Spec = dict[str, Any]
+
+
+def lenet_300_100(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> Spec:
+    """The MLP of LeCun et al. 1998: two hidden layers of 300 and 100 ReLU units."""
+    return {
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "layers": [
+            {"type": "flatten"},
+            {"type": "linear", "out_features": 300},
+            {"type": "relu"},
+            {"type": "linear", "out_features": 100},
+            {"type": "relu"},
+            {"type": "linear", "out_features": num_classes},
+        ],
+    }
+
+
+def lenet_5_caffe(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> Spec:
+    """Caffe's LeNet-5: conv 20@5x5, pool, conv 50@5x5, pool, 500 ReLU units (431k weights on MNIST)."""
+    return {
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "layers": [
+            {"type": "conv2d", "out_channels": 20, "kernel_size": 5},
+            {"type": "relu"},
+            {"type": "maxpool2d", "kernel_size": 2},
+            {"type": "conv2d", "out_channels": 50, "kernel_size": 5},
+            {"type": "relu"},
+            {"type": "maxpool2d", "kernel_size": 2},
+            {"type": "flatten"},
+            {"type": "linear", "out_features": 500},
+            {"type": "relu"},
+            {"type": "linear", "out_features": num_classes},
+        ],
+    }
+
+
+# Channels of the CIFAR VGG-like net (Zagoruyko 2015) at width 1; "M" is a 2x2 max pooling.
+_VGG_PLAN: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def vgg_like(input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, width: float = 1.0) -> Spec:
+    """The VGG-like CNN of the Sparse VD paper: 13 conv-BN-ReLU blocks and a 512-unit head.
+
+    ``width`` scales every channel count (the paper's k). A pooling that would shrink the image below 1 pixel
+    is left out, so small inputs still build.
+    """
+    if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width <= 4:
+        raise SpecError(f"vgg-like 'width' must be a number in (0, 4], got {width!r}")
+    layers: list[dict[str, Any]] = []
+    side = min(input_shape[1:]) if len(input_shape) == 3 else 0
+    for item in _VGG_PLAN:
+        if item == "M":
+            if side >= 2:
+                layers.append({"type": "maxpool2d", "kernel_size": 2})
+                side //= 2
+            continue
+        channels = max(1, round(int(item) * width))
+        layers += [
+            {"type": "conv2d", "out_channels": channels, "kernel_size": 3, "padding": 1},
+            {"type": "batchnorm2d"},
+            {"type": "relu"},
+        ]
+    hidden = max(1, round(512 * width))
+    layers += [
+        {"type": "flatten"},
+        {"type": "linear", "out_features": hidden},
+        {"type": "batchnorm1d"},
+        {"type": "relu"},
+        {"type": "linear", "out_features": num_classes},
+    ]
+    return {"input_shape": list(input_shape), "num_classes": num_classes, "layers": layers}
+
+
+PRESETS: dict[str, Callable[..., Spec]] = {
+    "lenet-300-100": lenet_300_100,
+    "lenet-5-caffe": lenet_5_caffe,
+    "vgg-like": vgg_like,
+}
+
+
+def preset_spec(name: str, **options: Any) -> Spec:
+    """The spec of a named preset; ``options`` may set ``input_shape``, ``num_classes`` (and ``width``)."""
+    if name not in PRESETS:
+        raise SpecError(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
+    allowed = set(inspect.signature(PRESETS[name]).parameters)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise SpecError(f"preset {name!r} takes {sorted(allowed)}, not {unknown}")
+    if "input_shape" in options:
+        options["input_shape"] = check_shape(options["input_shape"], "input_shape")
+    return PRESETS[name](**options)

@@ -1,0 +1,76 @@
+"""Swapping a network's dense layers for Sparse VD layers, in place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from torch import nn
+
+from vdcore.config import SVDConfig
+from vdcore.layers import Conv2dSVD, LinearSVD, SVDLayer
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+# Dense type -> its Sparse VD replacement. A new layer type is one file in layers/ and one line here.
+SVD_LAYER_FOR: dict[type[nn.Module], type[LinearSVD] | type[Conv2dSVD]] = {
+    nn.Linear: LinearSVD,
+    nn.Conv2d: Conv2dSVD,
+}
+
+
+def _is_swappable(module: nn.Module, fqn: str) -> bool:
+    return type(module) in SVD_LAYER_FOR
+
+
+def sparsify_(model: nn.Module, config: SVDConfig | None = None, filter_fn: FilterFn | None = None) -> nn.Module:
+    """Replace every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` by its Sparse VD layer, keeping the weights.
+
+    Right after the swap the model computes what it did in eval mode. ``filter_fn(module, fqn)`` can leave
+    layers out (it is asked only about swappable layers). Returns ``model``, or the new layer when ``model``
+    itself is a single swappable layer.
+
+    Examples:
+        >>> net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10))
+        >>> net = sparsify_(net, SVDConfig(threshold=3.0))
+        >>> is_sparsified(net)
+        True
+    """
+    config = config or SVDConfig()
+
+    def convert(module: nn.Module, fqn: str) -> nn.Module | None:
+        if not _is_swappable(module, fqn) or (filter_fn is not None and not filter_fn(module, fqn)):
+            return None
+        return SVD_LAYER_FOR[type(module)].from_dense(module, config)  # type: ignore[arg-type]
+
+    return replace_modules(model, convert)
+
+
+def replace_modules(model: nn.Module, convert: Callable[[nn.Module, str], nn.Module | None]) -> nn.Module:
+    """Walk ``model`` and put ``convert(module, fqn)`` in each place where it returns a module."""
+    root = convert(model, "")
+    if root is not None:
+        return root
+
+    def walk(parent: nn.Module, prefix: str) -> None:
+        for name, child in parent.named_children():
+            fqn = f"{prefix}.{name}" if prefix else name
+            replacement = convert(child, fqn)
+            if replacement is None:
+                walk(child, fqn)
+            else:
+                setattr(parent, name, replacement)
+
+    walk(model, "")
+    return model
+
+
+def svd_layers(model: nn.Module) -> Iterator[tuple[str, SVDLayer]]:
+    """The ``(name, layer)`` pairs of the Sparse VD layers in ``model``, in definition order."""
+    for name, module in model.named_modules():
+        if isinstance(module, SVDLayer):
+            yield name, module
+
+
+def is_sparsified(model: nn.Module) -> bool:
+    """Whether ``model`` holds at least one Sparse VD layer."""
+    return next(svd_layers(model), None) is not None
