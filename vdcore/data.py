@@ -146,11 +146,15 @@ def from_arrays(
 
 def load_npz(
     path: str | os.PathLike[str],
-    input_shape: Sequence[int],
-    num_classes: int,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Dataset:
-    """Read an ``.npz`` with arrays ``x``, ``y`` (and optionally ``x_val``, ``y_val``), never unpickling."""
+    """Read an ``.npz`` with arrays ``x``, ``y`` (and optionally ``x_val``, ``y_val``), never unpickling.
+
+    ``input_shape`` and ``num_classes`` are the model's; left out, they are taken from the data (the shape of
+    an example of ``x``, the largest label + 1).
+    """
     path = Path(path)
     members = _npz_members(path, max_bytes)
     unknown = sorted(set(members) - set(_NPZ_KEYS))
@@ -161,7 +165,20 @@ def load_npz(
             arrays = {key: npz[key] for key in members}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"the .npz could not be read ({error}); save it again with numpy.savez") from None
+    if input_shape is None:
+        input_shape = arrays["x"].shape[1:] if "x" in arrays else ()
+    if num_classes is None:
+        num_classes = _label_count(arrays)
     return from_arrays(arrays, input_shape, num_classes, name=path.name)
+
+
+def _label_count(arrays: dict[str, np.ndarray]) -> int:
+    """Classes implied by the labels (largest + 1), for a model whose class count is not given."""
+    labels = [arrays[k] for k in ("y", "y_val") if k in arrays and arrays[k].size]
+    if not labels or not all(np.issubdtype(y.dtype, np.number) for y in labels):
+        return 0  # from_arrays then explains what is wrong with y
+    top = max(float(np.nanmax(y)) for y in labels)
+    return int(top) + 1 if np.isfinite(top) and top >= 1 else 2
 
 
 def split_validation(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:

@@ -1,0 +1,272 @@
+"""One compression job from inputs to artifacts: vdcore calls and files only (no queue, no database).
+
+The worker's task and ``vdc compress`` both call ``run``; the API calls ``prepare`` at submission so that every
+input error is found before a worker is involved.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import vdcore
+from vdcore.config import SVDConfig, TrainConfig, _DictMixin
+from vdcore.data import Dataset, load_builtin, load_idx_dir, load_npz, split_validation
+from vdcore.latency import measure_latency
+from vdcore.shrink import layer_widths, shrink
+from vdcore.spec import ModelPlan, SpecError, plan_model
+from vdcore.weights import check_weights, load_weights, save_weights
+
+ARTIFACTS = ("model.onnx", "baseline.onnx", "report.json", "weights.safetensors")
+
+
+class JobError(ValueError):
+    """A job that cannot run as asked; the message is for the user and says what to change."""
+
+
+class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The job was cancelled while it ran."""
+
+
+@dataclass(frozen=True)
+class JobOptions(_DictMixin):
+    """What a user may tune. Defaults make a good short run; the published recipe uses 200 epochs."""
+
+    epochs: int = 100
+    pretrain_epochs: int = 30
+    batch_size: int = 100
+    lr: float = 1e-3
+    kl_warmup_start: float = 0.025
+    kl_warmup_end: float = 0.1
+    lr_decay_start: float = 0.5
+    threshold: float = 3.0
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.pretrain_epochs < 0:
+            raise ValueError(f"pretrain_epochs must be 0 or more, got {self.pretrain_epochs}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        self.train_config()
+        self.svd_config()
+
+    def train_config(self, epochs: int | None = None) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs if epochs is None else epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            kl_warmup_start=self.kl_warmup_start,
+            kl_warmup_end=self.kl_warmup_end,
+            lr_decay_start=self.lr_decay_start,
+            seed=self.seed,
+            device=self.device,
+        )
+
+    def svd_config(self) -> SVDConfig:
+        return SVDConfig(threshold=self.threshold)
+
+
+@dataclass(frozen=True)
+class JobInput:
+    """A job as data: ``model`` is ``{"preset": name, ...}`` or ``{"spec": {...}}``; ``dataset`` is
+    ``{"builtin": name}``, ``{"npz": path}`` or ``{"idx_dir": path}``; ``weights`` a safetensors path."""
+
+    model: dict[str, Any]
+    dataset: dict[str, str]
+    weights: str | None = None
+    options: JobOptions = field(default_factory=JobOptions)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    plan: ModelPlan
+    dataset: Dataset
+
+
+Progress = Callable[[dict[str, Any]], bool | None]
+
+
+def _load_dataset(source: dict[str, str], input_shape: Any, num_classes: Any) -> Dataset:
+    if not isinstance(source, dict) or len(source) != 1:
+        raise JobError("dataset must be one of {'builtin': name}, {'npz': path} or {'idx_dir': path}")
+    (kind, value), = source.items()
+    if kind == "builtin":
+        return load_builtin(value)
+    if kind == "npz":
+        return load_npz(value, input_shape, num_classes)
+    if kind == "idx_dir":
+        return load_idx_dir(value)
+    raise JobError(f"unknown dataset kind {kind!r}; use 'builtin', 'npz' or 'idx_dir'")
+
+
+def prepare(job: JobInput) -> Prepared:
+    """Check a job's model, weights and data against each other, raising ``JobError`` for what does not fit.
+
+    A preset takes its input shape and class count from the data unless they are given.
+    """
+    model = job.model
+    if not isinstance(model, dict) or len(model.keys() & {"preset", "spec"}) != 1:
+        raise JobError("model must be {'preset': name, ...options} or {'spec': {...}}")
+    try:
+        if "spec" in model:
+            if len(model) != 1:
+                raise JobError("a model given as {'spec': ...} takes no other keys")
+            spec = model["spec"]
+            if not isinstance(spec, dict):
+                raise JobError("model.spec must be an object with input_shape, num_classes and layers")
+            dataset = _load_dataset(job.dataset, spec.get("input_shape"), spec.get("num_classes"))
+        else:
+            dataset = _load_dataset(job.dataset, model.get("input_shape"), model.get("num_classes"))
+            spec = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes} | model
+        plan = plan_model(spec)
+    except (SpecError, ValueError) as error:
+        raise JobError(str(error)) from None
+    if tuple(dataset.input_shape) != plan.input_shape:
+        raise JobError(
+            f"the data's examples have shape {list(dataset.input_shape)} but the model takes "
+            f"{list(plan.input_shape)}; set the model's input_shape to match the data"
+        )
+    if dataset.num_classes > plan.num_classes:
+        raise JobError(
+            f"the labels go up to {dataset.num_classes - 1} but the model has only {plan.num_classes} classes"
+        )
+    if job.weights is not None:
+        try:
+            check_weights(plan.build(), job.weights)
+        except ValueError as error:
+            raise JobError(str(error)) from None
+    return Prepared(plan, split_validation(dataset, job.options.val_fraction, job.options.seed))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
+    tmp.replace(path)
+
+
+def _file_sizes(path: Path) -> dict[str, int]:
+    raw = path.read_bytes()
+    return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9))}
+
+
+def _notify(on_progress: Progress | None, event: dict[str, Any]) -> None:
+    if on_progress is not None and on_progress(event):
+        raise Cancelled
+
+
+def _train_stage(
+    stage: str, model: nn.Module, data: Prepared, config: TrainConfig, on_progress: Progress | None
+) -> list[dict[str, Any]]:
+    """Train and report each epoch as a progress event; a truthy answer from ``on_progress`` cancels."""
+    history: list[dict[str, Any]] = []
+    cancelled = False
+
+    def on_epoch(metrics: vdcore.EpochMetrics) -> bool:
+        nonlocal cancelled
+        history.append(metrics.to_dict())
+        cancelled = bool(on_progress and on_progress({"stage": stage, **metrics.to_dict()}))
+        return cancelled
+
+    vdcore.train(model, data.dataset.train, data.dataset.val, config, on_epoch=on_epoch)
+    if cancelled:
+        raise Cancelled
+    return history
+
+
+def run(job: JobInput, out_dir: str | os.PathLike[str], on_progress: Progress | None = None) -> dict[str, Any]:
+    """Compress one model and write ``ARTIFACTS`` into ``out_dir``; returns the report.
+
+    ``on_progress`` receives stage and epoch events; returning ``True`` cancels the job (``Cancelled``).
+    """
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    options = job.options
+    data = prepare(job)
+    device = vdcore.resolve_device(options.device)
+    torch.manual_seed(options.seed)
+    model = data.plan.build()
+    evaluation = data.dataset.val or data.dataset.train
+    example = data.dataset.x[:1]
+    timings: dict[str, float] = {}
+
+    pretrain: list[dict[str, Any]] = []
+    if job.weights is not None:
+        load_weights(model, job.weights)
+    elif options.pretrain_epochs:
+        _notify(on_progress, {"stage": "pretraining"})
+        mark = time.perf_counter()
+        pretrain = _train_stage("pretraining", model, data, options.train_config(options.pretrain_epochs), on_progress)
+        timings["pretraining_s"] = time.perf_counter() - mark
+    model.to(device).eval()
+    accuracy_before = vdcore.evaluate(model, evaluation)
+    dense_report = vdcore.sparsity_report(model)
+    baseline = vdcore.export_onnx(model, out / "baseline.onnx", example)
+
+    _notify(on_progress, {"stage": "training"})
+    mark = time.perf_counter()
+    vdcore.sparsify_(model, options.svd_config())
+    history = _train_stage("training", model, data, options.train_config(), on_progress)
+    timings["training_s"] = time.perf_counter() - mark
+
+    _notify(on_progress, {"stage": "exporting"})
+    pruned = vdcore.prune(model).cpu()
+    small = shrink(pruned, example)
+    accuracy_after = vdcore.evaluate(small, evaluation)
+    compressed = vdcore.export_onnx(small, out / "model.onnx", example)
+    save_weights(pruned, out / "weights.safetensors")
+    sparse_report = vdcore.sparsity_report(pruned)
+
+    _notify(on_progress, {"stage": "measuring"})
+    latency = {}
+    for batch in (1, 100):
+        dense_ms, small_ms = measure_latency([baseline.path, compressed.path], data.plan.input_shape, batch=batch)
+        latency[f"batch_{batch}"] = {
+            "baseline_ms": dense_ms.median_ms,
+            "compressed_ms": small_ms.median_ms,
+            "speedup": dense_ms.median_ms / small_ms.median_ms,
+        }
+    timings["total_s"] = time.perf_counter() - started
+
+    report = {
+        "model": {
+            "input_shape": list(data.plan.input_shape),
+            "num_classes": data.plan.num_classes,
+            "parameters": data.plan.parameters,
+        },
+        "dataset": {
+            "name": data.dataset.name,
+            "train_examples": len(data.dataset.x),
+            "val_examples": len(evaluation[0]),
+        },
+        "options": options.to_dict(),
+        "device": str(device),
+        "accuracy": {"before": accuracy_before, "after": accuracy_after},
+        "compression": sparse_report.compression,
+        "sparsity": sparse_report.sparsity,
+        "weights": {"before": dense_report.weights, "nonzero_after": sparse_report.nonzero},
+        "units": {"before": layer_widths(pruned), "after": layer_widths(small)},
+        "layers": sparse_report.to_dict()["layers"],
+        "files": {
+            "baseline.onnx": _file_sizes(baseline.path),
+            "model.onnx": _file_sizes(compressed.path),
+        },
+        "onnx_parity_max_abs_diff": {"baseline": baseline.max_abs_diff, "model": compressed.max_abs_diff},
+        "latency": latency,
+        "history": {"pretraining": pretrain, "training": history},
+        "timings": timings,
+    }
+    _write_json(out / "report.json", report)
+    return report
+
