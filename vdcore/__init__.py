@@ -8,37 +8,61 @@
 """
 
 from vdcore.config import SVDConfig, TrainConfig
+from vdcore.data import DataError, Dataset, load_builtin, load_idx_dir, load_npz
 from vdcore.device import resolve_device
 from vdcore.export import ExportError, ExportResult, export_onnx, onnx_parity, onnx_session
+from vdcore.latency import Latency, measure_latency
 from vdcore.layers import Conv2dSVD, LinearSVD, SVDLayer
 from vdcore.loss import elbo_loss, kl_divergence
 from vdcore.prune import prune
+from vdcore.presets import PRESETS, preset_spec
 from vdcore.report import LayerSparsity, SparsityReport, sparsity_report
+from vdcore.shrink import GatherInput, layer_widths, shrink
 from vdcore.sparsify import is_sparsified, sparsify_, svd_layers
+from vdcore.spec import SpecError, build_model, plan_model
 from vdcore.train import EpochMetrics, evaluate, kl_weight, learning_rate, train
+from vdcore.weights import WeightsError, load_weights, save_weights
 
 __all__ = [
+    "PRESETS",
     "Conv2dSVD",
+    "DataError",
+    "Dataset",
     "EpochMetrics",
     "ExportError",
     "ExportResult",
+    "GatherInput",
+    "Latency",
     "LayerSparsity",
     "LinearSVD",
     "SVDConfig",
     "SVDLayer",
     "SparsityReport",
+    "SpecError",
     "TrainConfig",
+    "WeightsError",
+    "build_model",
     "elbo_loss",
     "evaluate",
     "export_onnx",
     "is_sparsified",
     "kl_divergence",
     "kl_weight",
+    "layer_widths",
     "learning_rate",
+    "load_builtin",
+    "load_idx_dir",
+    "load_npz",
+    "load_weights",
+    "measure_latency",
     "onnx_parity",
     "onnx_session",
+    "plan_model",
+    "preset_spec",
     "prune",
     "resolve_device",
+    "save_weights",
+    "shrink",
     "sparsify_",
     "sparsity_report",
     "svd_layers",

@@ -1,0 +1,85 @@
+"""The training loop: schedules, reproducibility, stopping, and a real compression run on digits."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import vdcore
+from vdcore import TrainConfig
+from vdcore.data import load_digits
+from vdcore.presets import lenet_300_100
+from vdcore.spec import build_model
+
+
+def test_schedules_follow_the_published_recipe_at_200_epochs():
+    config = TrainConfig(epochs=200)
+    assert [vdcore.kl_weight(e / 200, config) for e in (0, 5, 12.5, 20, 150)] == pytest.approx([0, 0, 0.5, 1, 1])
+    assert [vdcore.learning_rate(e / 200, config) for e in (0, 100, 150, 200)] == pytest.approx(
+        [1e-3, 1e-3, 5e-4, 0.0]
+    )
+
+
+def test_bad_configs_are_refused():
+    for kwargs, message in [
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -1.0}, "lr"),
+        ({"kl_warmup_start": 0.5, "kl_warmup_end": 0.2}, "warm-up"),
+        ({"device": "tpu"}, "device"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**kwargs)
+    with pytest.raises(ValueError, match=r"unknown TrainConfig option\(s\) \['epoch'\]"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def _small_run(seed, loader=False, epochs=2):
+    data = load_digits()
+    torch.manual_seed(seed)
+    model = vdcore.sparsify_(build_model(lenet_300_100((1, 8, 8))))
+    train = data.train
+    if loader:
+        generator = torch.Generator().manual_seed(seed)
+        train = DataLoader(TensorDataset(*data.train), batch_size=100, shuffle=True, generator=generator)
+    history = vdcore.train(model, train, data.val, TrainConfig(epochs=epochs, seed=seed, device="cpu"))
+    return model, history
+
+
+def test_seeded_runs_are_reproducible_and_metrics_are_complete():
+    (a, history_a), (b, history_b) = _small_run(3), _small_run(3)
+    for (_, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert [m.data_loss for m in history_a] == [m.data_loss for m in history_b]
+    last = history_a[-1].to_dict()
+    assert set(last) >= {"epoch", "data_loss", "kl", "kl_weight", "train_accuracy", "val_accuracy", "sparsity",
+                         "seconds"}
+    assert last["epoch"] == last["epochs"] == 2 and last["kl"] > 0
+
+
+def test_dataloaders_are_accepted():
+    _, history = _small_run(0, loader=True, epochs=1)
+    assert 0 < history[0].train_accuracy <= 1
+
+
+def test_on_epoch_can_stop_training():
+    data = load_digits()
+    model = build_model(lenet_300_100((1, 8, 8)))
+    seen = []
+    history = vdcore.train(model, data.train, None, TrainConfig(epochs=10), on_epoch=lambda m: seen.append(m) or True)
+    assert len(history) == len(seen) == 1 and history[0].val_accuracy is None
+
+
+def test_short_run_on_digits_prunes_most_weights_and_keeps_accuracy():
+    data = load_digits()
+    torch.manual_seed(0)
+    model = build_model(lenet_300_100((1, 8, 8)))
+    vdcore.train(model, data.train, data.val, TrainConfig(epochs=10, batch_size=50, lr=3e-3))
+    dense_accuracy = vdcore.evaluate(model, data.val)
+
+    vdcore.sparsify_(model)
+    vdcore.train(model, data.train, data.val, TrainConfig(epochs=30, batch_size=50, lr=3e-3))
+    report = vdcore.sparsity_report(model)
+    accuracy = vdcore.evaluate(model, data.val)
+    assert report.sparsity > 0.9, str(report)
+    assert accuracy >= dense_accuracy - 0.04, (dense_accuracy, accuracy)
+    pruned = vdcore.prune(model)
+    assert vdcore.evaluate(pruned, data.val) == accuracy

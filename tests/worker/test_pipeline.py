@@ -1,0 +1,110 @@
+"""The compression pipeline without any queue: inputs checked, artifacts written, report honest."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vdcore.data import load_digits
+from vdcore.export import onnx_session
+from vdcore.spec import build_model
+from vdcore.weights import save_weights
+from worker.pipeline import ARTIFACTS, Cancelled, JobError, JobInput, JobOptions, prepare, run
+
+FAST = JobOptions(epochs=4, pretrain_epochs=2, batch_size=50, lr=3e-3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("job")
+    events = []
+    report = run(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=FAST), out, events.append)
+    return out, report, events
+
+
+def test_artifacts_and_report(finished):
+    out, report, _ = finished
+    assert sorted(p.name for p in out.iterdir()) == sorted(ARTIFACTS)
+    assert json.loads((out / "report.json").read_text()) == report
+    assert report["model"] == {"input_shape": [1, 8, 8], "num_classes": 10, "parameters": 50_610}
+    assert report["weights"]["before"] == 50_200
+    assert report["compression"] == pytest.approx(50_200 / report["weights"]["nonzero_after"])
+    assert [layer["weights"] for layer in report["layers"]] == [19_200, 30_000, 1_000]
+    assert report["units"]["before"] == [300, 100, 10]
+    assert set(report["latency"]) == {"batch_1", "batch_100"}
+    assert report["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
+    assert len(report["history"]["pretraining"]) == 2 and len(report["history"]["training"]) == 4
+
+
+def test_exported_model_has_the_reported_accuracy_in_onnxruntime(finished):
+    out, report, _ = finished
+    data = load_digits()
+    for name, key in (("model.onnx", "after"), ("baseline.onnx", "before")):
+        logits = onnx_session(out / name).run(None, {"input": data.x_val.numpy()})[0]
+        accuracy = float(np.mean(logits.argmax(1) == data.y_val.numpy()))
+        assert accuracy == pytest.approx(report["accuracy"][key], abs=1e-9)
+
+
+def test_progress_events(finished):
+    _, _, events = finished
+    stages = [e["stage"] for e in events if "epoch" not in e]
+    assert stages == ["pretraining", "training", "exporting", "measuring"]
+    epochs = [e for e in events if e["stage"] == "training" and "epoch" in e]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and all("sparsity" in e for e in epochs)
+
+
+def test_cancel_stops_during_training(tmp_path):
+    def cancel_at_first_training_epoch(event):
+        return event["stage"] == "training" and event.get("epoch") == 1
+
+    job = JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=FAST)
+    with pytest.raises(Cancelled):
+        run(job, tmp_path, cancel_at_first_training_epoch)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_user_weights_and_npz_dataset(tmp_path):
+    spec = {
+        "input_shape": [64],
+        "num_classes": 10,
+        "layers": [{"type": "linear", "out_features": 32}, {"type": "relu"}, {"type": "linear", "out_features": 10}],
+    }
+    torch.manual_seed(0)
+    save_weights(build_model(spec), tmp_path / "w.safetensors")
+    data = load_digits()
+    np.savez(tmp_path / "d.npz", x=data.x.reshape(-1, 64).numpy(), y=data.y.numpy())
+    job = JobInput({"spec": spec}, {"npz": str(tmp_path / "d.npz")}, str(tmp_path / "w.safetensors"), FAST)
+    report = run(job, tmp_path / "out")
+    assert report["history"]["pretraining"] == []  # weights given: no dense pretraining
+    assert report["dataset"]["val_examples"] == 150  # 10% held out
+
+
+@pytest.mark.parametrize(
+    ("model", "dataset", "message"),
+    [
+        ({"preset": "lenet-5-caffe"}, {"builtin": "digits"}, "larger than the padded input"),
+        ({"preset": "lenet-300-100", "input_shape": [1, 28, 28]}, {"builtin": "digits"}, r"shape \[1, 8, 8\]"),
+        ({"preset": "lenet-300-100", "num_classes": 5}, {"builtin": "digits"}, "labels go up to 9"),
+        ({"preset": "x", "spec": {}}, {"builtin": "digits"}, "preset"),
+        ({"spec": "lenet"}, {"builtin": "digits"}, "must be an object"),
+        ({"preset": "lenet-300-100"}, {"builtin": "cifar"}, "unknown built-in dataset"),
+        ({"preset": "lenet-300-100"}, {"url": "http://x"}, "unknown dataset kind"),
+    ],
+)
+def test_prepare_refuses_what_does_not_fit(model, dataset, message):
+    with pytest.raises(JobError, match=message):
+        prepare(JobInput(model, dataset))
+
+
+def test_prepare_checks_weights_against_the_model(tmp_path):
+    save_weights(build_model({"preset": "lenet-300-100"}), tmp_path / "w.safetensors")  # 28x28 weights
+    with pytest.raises(JobError, match="has shape"):
+        prepare(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, str(tmp_path / "w.safetensors")))
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="val_fraction"):
+        JobOptions(val_fraction=1.0)
+    with pytest.raises(ValueError, match="threshold"):
+        JobOptions(threshold=100.0)
