@@ -99,7 +99,9 @@ def compress(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vdc", description="Compress neural networks with Sparse Variational Dropout.")
+    parser = argparse.ArgumentParser(
+        prog="vdc", description="Compress neural networks with Sparse Variational Dropout."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     local = commands.add_parser("compress", help="compress a model on this machine (no server)")

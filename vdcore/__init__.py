@@ -14,8 +14,8 @@ from vdcore.export import ExportError, ExportResult, export_onnx, onnx_parity, o
 from vdcore.latency import Latency, measure_latency
 from vdcore.layers import Conv2dSVD, LinearSVD, SVDLayer
 from vdcore.loss import elbo_loss, kl_divergence
-from vdcore.prune import prune
 from vdcore.presets import PRESETS, preset_spec
+from vdcore.prune import prune
 from vdcore.report import LayerSparsity, SparsityReport, sparsity_report
 from vdcore.shrink import GatherInput, layer_widths, shrink
 from vdcore.sparsify import is_sparsified, sparsify_, svd_layers

@@ -33,7 +33,7 @@ class JobError(ValueError):
     """A job that cannot run as asked; the message is for the user and says what to change."""
 
 
-class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Cancelled(Exception):
     """The job was cancelled while it ran."""
 
 

@@ -101,7 +101,7 @@ def test_split_validation_is_seeded_and_respects_an_existing_split():
 def test_builtin_digits():
     data = load_builtin("digits")
     assert data.x.shape == (1500, 1, 8, 8) and data.x_val.shape == (297, 1, 8, 8)
-    assert 0 <= float(data.x.min()) and float(data.x.max()) <= 1
+    assert float(data.x.min()) >= 0 and float(data.x.max()) <= 1
     assert data.num_classes == 10
     with pytest.raises(DataError, match="built-in datasets are"):
         load_builtin("imagenet")

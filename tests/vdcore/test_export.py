@@ -34,6 +34,6 @@ def test_sparsified_cnn_exports_pruned_with_dynamic_batch(tmp_path):
 
 def test_mismatch_is_an_error_and_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(vdcore.export, "onnx_parity", lambda *args: 0.5)
-    with pytest.raises(ExportError, match="differs from PyTorch by 0.5"):
+    with pytest.raises(ExportError, match=r"differs from PyTorch by 0\.5"):
         vdcore.export_onnx(nn.Sequential(nn.Linear(4, 2)), tmp_path / "m.onnx", torch.randn(1, 4))
     assert list(tmp_path.iterdir()) == []

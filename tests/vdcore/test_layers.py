@@ -78,7 +78,9 @@ def test_conv_matches_nn_conv2d(kwargs):
 
 def test_conv_repr_reads_like_nn_conv2d():
     layer = Conv2dSVD(1, 20, 5, padding=2, bias=False)
-    assert repr(layer) == "Conv2dSVD(1, 20, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2), bias=False, threshold=3.0)"
+    assert repr(layer) == (
+        "Conv2dSVD(1, 20, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2), bias=False, threshold=3.0)"
+    )
 
 
 def test_bad_arguments_are_refused():

@@ -1,0 +1,73 @@
+"""The FastAPI application: ``create_app(settings, dispatch)`` wires settings, database, storage and routes.
+
+``dispatch(job_id)`` hands a committed job to the workers (production passes Celery's ``compress_job.delay``;
+tests pass a recorder). ``broker_check()`` raises when the broker is unreachable; /readyz reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from importlib.metadata import version
+
+from fastapi import FastAPI
+
+from service.api.errors import install_error_handlers
+from service.api.metrics import Metrics, MetricsMiddleware
+from service.api.routes import artifacts, health, jobs
+from service.core.config import Settings, get_settings
+from service.db import create_db_engine, create_sessionmaker, ping, upgrade_database
+from service.storage import Storage
+from service.submission import Dispatch
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None,
+    dispatch: Dispatch | None = None,
+    broker_check: Callable[[], object] | None = None,
+) -> FastAPI:
+    """The API. At start-up it migrates the database to the newest schema and creates the storage directories.
+
+    Without ``dispatch`` jobs are recorded and stay queued; without ``broker_check`` /readyz checks only the
+    database.
+    """
+    settings = settings or get_settings()
+    engine = create_db_engine(settings.database_url)
+    factory = create_sessionmaker(engine)
+    storage = Storage(upload_dir=settings.upload_dir, artifact_dir=settings.artifact_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upgrade_database(settings.database_url)
+        storage.create_dirs()
+        if dispatch is None:
+            logger.warning("no dispatcher: jobs are recorded but no worker is told to run them")
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="vdcompress",
+        version=version("vdcompress"),
+        description="Compress neural networks with Sparse Variational Dropout. Authenticate with "
+        "`Authorization: Bearer <API key>`.",
+        lifespan=lifespan,
+    )
+    metrics = Metrics(factory)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = factory
+    app.state.storage = storage
+    app.state.dispatch = dispatch
+    app.state.metrics = metrics
+    app.state.readiness_checks = {"database": partial(ping, engine)}
+    if broker_check is not None:
+        app.state.readiness_checks["broker"] = broker_check
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    install_error_handlers(app)
+    for module in (jobs, artifacts, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,86 @@
+"""Submit, list, inspect and cancel compression jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from service import jobs
+from service.api.deps import (
+    CurrentOwner,
+    DispatchDep,
+    IdempotencyKey,
+    OwnedJob,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    SubmissionDep,
+)
+from service.api.errors import error_responses
+from service.api.forms import OPENAPI_BODY
+from service.errors import NotFound
+from service.models import JobList, JobPublic
+from service.submission import submit_job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 404, 422, 503))
+
+
+@router.post(
+    "",
+    status_code=202,
+    openapi_extra=OPENAPI_BODY,
+    responses={
+        200: {"model": JobPublic, "description": "the job an earlier request with this Idempotency-Key made"},
+        **error_responses(409, 413, 415),
+    },
+)
+def submit(
+    # The owner comes first: the key is checked before the body is read.
+    owner: CurrentOwner,
+    submission: SubmissionDep,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    dispatch: DispatchDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
+    """Queue a job; everything that can be checked now is, and a 4xx says what to fix."""
+    job, created = submit_job(
+        session=session, storage=storage, settings=settings, owner=owner, request=submission.request,
+        files=submission.files, idempotency_key=idempotency_key, dispatch=dispatch,
+    )
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobPublic.from_job(job)
+
+
+@router.get("")
+def list_jobs(
+    owner: CurrentOwner,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, description="page size; at most the server's page_size_max")] = 20,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+) -> JobList:
+    """The caller's jobs, newest first."""
+    limit = min(limit, settings.page_size_max)
+    items, total = jobs.list_jobs(session=session, owner=owner, limit=limit, offset=offset)
+    following = f"/v1/jobs?limit={limit}&offset={offset + limit}" if offset + limit < total else None
+    page = [JobPublic.from_job(job) for job in items]
+    return JobList(items=page, total=total, limit=limit, offset=offset, next=following)
+
+
+@router.get("/{job_id}")
+def get_job(job: OwnedJob) -> JobPublic:
+    return JobPublic.from_job(job)
+
+
+@router.delete("/{job_id}", status_code=202, responses=error_responses(409))
+def cancel_job(job_id: str, owner: CurrentOwner, session: SessionDep) -> JobPublic:
+    """Cancel a queued job at once, or ask a running job's worker to stop within an epoch; 409 once finished."""
+    job = jobs.request_cancel(session=session, owner=owner, job_id=job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return JobPublic.from_job(job)

@@ -1,0 +1,277 @@
+"""What the service stores (SQLAlchemy tables) and what it says (pydantic models).
+
+Tables hold everything the service needs; the ``*Public`` models hold only what a caller may see: never a key
+hash, a file path or a worker's internals.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from worker.pipeline import JobInput, JobOptions
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATES: tuple[str, ...] = get_args(JobState)
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every database; SQLite would otherwise hand back naive datetimes."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so migrations can refer to them on every database.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class ApiKey(Base):
+    """A key that acts for ``owner``. Only the SHA-256 of the key is kept; ``prefix`` identifies it in lists."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Job(Base):
+    """One compression job. ``request`` is the caller's ``JobRequest``; ``uploads`` the size and SHA-256 of each
+    uploaded file (the files themselves live in storage, keyed by the job's id)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+        CheckConstraint(f"state IN {STATES}", name="state"),
+        Index("ix_jobs_owner_created_at", "owner", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    uploads: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+_OPTIONS = JobOptions()
+
+
+class JobOptionsRequest(BaseModel):
+    """``worker.pipeline.JobOptions`` with the ranges a service accepts; defaults are the pipeline's.
+
+    Strict types: ``"5"`` or ``true`` for an epoch count is a mistake to report, not to guess at.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    epochs: int = Field(_OPTIONS.epochs, ge=1, le=10_000)
+    pretrain_epochs: int = Field(_OPTIONS.pretrain_epochs, ge=0, le=10_000)
+    batch_size: int = Field(_OPTIONS.batch_size, ge=1, le=65_536)
+    lr: float = Field(_OPTIONS.lr, gt=0, le=10)
+    kl_warmup_start: float = Field(_OPTIONS.kl_warmup_start, ge=0, le=1)
+    kl_warmup_end: float = Field(_OPTIONS.kl_warmup_end, ge=0, le=1)
+    lr_decay_start: float = Field(_OPTIONS.lr_decay_start, ge=0, le=1)
+    threshold: float = Field(_OPTIONS.threshold, gt=-8, lt=8, description="drop weights with log alpha above this")
+    val_fraction: float = Field(_OPTIONS.val_fraction, ge=0, lt=1)
+    seed: int = Field(_OPTIONS.seed, ge=0, le=2**63 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _pipeline_accepts(self) -> JobOptionsRequest:
+        """Cross-field rules (warm-up start before end, ...) are the pipeline's: ask it rather than copy them."""
+        self.to_job_options()
+        return self
+
+    def to_job_options(self) -> JobOptions:
+        return JobOptions(**self.model_dump())
+
+
+class BuiltinDataset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    builtin: str = Field(max_length=100, examples=["digits"])
+
+
+class JobRequest(BaseModel):
+    """What to compress: ``model`` is ``{"preset": name, ...preset options}`` or ``{"spec": {...}}``; ``dataset``
+    is ``{"builtin": name}``, or left out when an npz file is uploaded. Paths are never accepted: files arrive
+    as uploads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: dict[str, Any] = Field(examples=[{"preset": "lenet-300-100"}])
+    dataset: BuiltinDataset | None = None
+    options: JobOptionsRequest = Field(default_factory=JobOptionsRequest)
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _builtin_only(cls, dataset: Any) -> Any:
+        if isinstance(dataset, dict) and set(dataset) != {"builtin"}:
+            raise ValueError(
+                "give {'builtin': name}, or leave dataset out and upload an npz file as the 'dataset' part "
+                "(paths on the server are not accepted)"
+            )
+        return dataset
+
+    @field_validator("model")
+    @classmethod
+    def _preset_or_spec(cls, model: dict[str, Any]) -> dict[str, Any]:
+        if len(model.keys() & {"preset", "spec"}) != 1:
+            raise ValueError("give either {'preset': name, ...options} or {'spec': {...}}")
+        if "preset" in model and not isinstance(model["preset"], str):
+            raise ValueError(f"'preset' must be a preset name, got {model['preset']!r}")
+        if "spec" in model and (len(model) != 1 or not isinstance(model["spec"], dict)):
+            raise ValueError("{'spec': ...} takes one object (input_shape, num_classes, layers) and no other key")
+        return model
+
+    def to_job_input(self, *, weights: Path | None = None, dataset: Path | None = None) -> JobInput:
+        """The pipeline's view of this request, with uploaded files given by path."""
+        if dataset is not None:
+            source = {"npz": str(dataset)}
+        elif self.dataset is not None:
+            source = {"builtin": self.dataset.builtin}
+        else:
+            raise ValueError("no dataset: give {'builtin': name} or upload an npz file")
+        return JobInput(
+            model=self.model,
+            dataset=source,
+            weights=None if weights is None else str(weights),
+            options=self.options.to_job_options(),
+        )
+
+
+class Progress(BaseModel):
+    """The latest progress event of a running job: its stage and, while training, the epoch's metrics."""
+
+    stage: str
+    epoch: int | None = None
+    epochs: int | None = None
+    data_loss: float | None = None
+    kl: float | None = None
+    kl_weight: float | None = None
+    train_accuracy: float | None = None
+    val_accuracy: float | None = None
+    sparsity: float | None = None
+    compression: float | None = None
+    eta_seconds: float | None = Field(None, description="estimated seconds until training ends")
+
+
+class Upload(BaseModel):
+    bytes: int
+    sha256: str
+
+
+class JobLinks(BaseModel):
+    self: str
+    artifacts: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    state: JobState
+    cancel_requested: bool
+    request: JobRequest
+    uploads: dict[str, Upload]
+    progress: Progress | None
+    error: str | None = Field(description="for a failed job, what went wrong and what to change")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    links: JobLinks
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobPublic:
+        path = f"/v1/jobs/{job.id}"
+        return cls(
+            id=job.id,
+            state=job.state,  # type: ignore[arg-type]
+            cancel_requested=job.cancel_requested,
+            request=JobRequest.model_validate(job.request),
+            uploads=job.uploads,
+            progress=job.progress,
+            error=job.error,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            updated_at=job.updated_at,
+            links=JobLinks(self=path, artifacts=f"{path}/artifacts"),
+        )
+
+
+class JobList(BaseModel):
+    """One page of the caller's jobs, newest first; ``next`` is the next page's URL, or null on the last."""
+
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+    next: str | None
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    bytes: int
+    url: str
+
+
+class ArtifactList(BaseModel):
+    items: list[ArtifactPublic]

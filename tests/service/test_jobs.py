@@ -1,0 +1,195 @@
+"""The job store without HTTP: idempotency, state transitions, cancelling, owners, pagination, progress."""
+
+import pytest
+
+from service import jobs
+from service.errors import JobConflict, NotFound
+from service.models import JobOptionsRequest
+from tests.service.conftest import digits_request
+from worker.pipeline import JobOptions
+
+
+def new_job(session, owner="alice", **kwargs):
+    job, created = jobs.create_job(session=session, owner=owner, request=digits_request(), **kwargs)
+    assert created
+    return job
+
+
+def test_created_job_is_queued_with_defaults_filled_in(session):
+    job = new_job(session)
+    assert job.state == "queued" and job.attempts == 0 and not job.cancel_requested
+    assert job.request["options"]["epochs"] == 2
+    assert job.request["options"]["batch_size"] == JobOptions().batch_size
+    assert job.created_at.tzinfo is not None
+    assert jobs.get_job(session=session, owner="alice", job_id=job.id) is job
+
+
+def test_options_mirror_the_pipeline():
+    assert set(JobOptionsRequest.model_fields) == set(JobOptions.__dataclass_fields__)
+    assert JobOptionsRequest().to_job_options() == JobOptions()
+
+
+def test_same_idempotency_key_and_request_returns_the_same_job(session):
+    first = new_job(session, idempotency_key="k1", uploads={"weights": {"bytes": 3, "sha256": "ab"}})
+    again, created = jobs.create_job(
+        session=session, owner="alice", request=digits_request(), idempotency_key="k1",
+        uploads={"weights": {"bytes": 3, "sha256": "ab"}},
+    )
+    assert not created and again.id == first.id
+    assert jobs.list_jobs(session=session, owner="alice", limit=10, offset=0)[1] == 1
+
+
+@pytest.mark.parametrize(
+    ("request_", "uploads"),
+    [(digits_request(epochs=3), None), (digits_request(), {"weights": {"bytes": 3, "sha256": "cd"}})],
+    ids=["other options", "other upload"],
+)
+def test_same_idempotency_key_with_a_different_request_conflicts(session, request_, uploads):
+    first = new_job(session, idempotency_key="k1")
+    with pytest.raises(JobConflict, match=f"already used for a different request \\(job {first.id}\\)"):
+        jobs.create_job(session=session, owner="alice", request=request_, uploads=uploads, idempotency_key="k1")
+
+
+def test_idempotency_keys_belong_to_their_owner(session):
+    mine = new_job(session, idempotency_key="k1")
+    theirs = new_job(session, owner="bob", idempotency_key="k1")
+    assert mine.id != theirs.id
+
+
+def test_owners_see_only_their_jobs(session):
+    job = new_job(session)
+    new_job(session, owner="bob")
+    assert jobs.get_job(session=session, owner="bob", job_id=job.id) is None
+    assert jobs.request_cancel(session=session, owner="bob", job_id=job.id) is None
+    assert jobs.get_job(session=session, owner="alice", job_id=job.id).state == "queued"
+    assert jobs.list_jobs(session=session, owner="alice", limit=10, offset=0)[1] == 1
+    assert jobs.get_job(session=session, owner="alice", job_id="not-a-uuid") is None
+
+
+def test_list_is_newest_first_and_paginated(session):
+    created = [new_job(session).id for _ in range(5)]
+    first, total = jobs.list_jobs(session=session, owner="alice", limit=2, offset=0)
+    rest, _ = jobs.list_jobs(session=session, owner="alice", limit=10, offset=2)
+    assert total == 5
+    assert [j.id for j in first + rest] == created[::-1]
+
+
+def test_a_job_runs_then_succeeds(session):
+    job = new_job(session)
+    running = jobs.mark_running(session=session, job_id=job.id)
+    assert running.state == "running" and running.attempts == 1 and running.started_at is not None
+    done = jobs.mark_succeeded(session=session, job_id=job.id)
+    assert done.state == "succeeded" and done.finished_at >= done.started_at
+
+
+def test_a_redelivered_job_counts_another_attempt(session):
+    job = new_job(session)
+    jobs.mark_running(session=session, job_id=job.id)
+    assert jobs.mark_running(session=session, job_id=job.id).attempts == 2
+
+
+@pytest.mark.parametrize("finish", ["succeeded", "failed", "cancelled"])
+def test_a_finished_job_never_moves_again(session, finish):
+    job = new_job(session)
+    jobs.mark_running(session=session, job_id=job.id)
+    if finish == "succeeded":
+        jobs.mark_succeeded(session=session, job_id=job.id)
+    elif finish == "failed":
+        jobs.mark_failed(session=session, job_id=job.id, message="boom")
+    else:
+        jobs.mark_cancelled(session=session, job_id=job.id)
+    for move in (jobs.mark_running, jobs.mark_succeeded, jobs.mark_cancelled):
+        with pytest.raises(JobConflict, match=f"is {finish} and cannot become"):
+            move(session=session, job_id=job.id)
+    with pytest.raises(JobConflict):
+        jobs.mark_failed(session=session, job_id=job.id, message="again")
+    assert jobs.get_job(session=session, owner="alice", job_id=job.id).state == finish
+
+
+def test_a_queued_job_cannot_succeed_without_running(session):
+    job = new_job(session)
+    with pytest.raises(JobConflict, match="is queued and cannot become succeeded"):
+        jobs.mark_succeeded(session=session, job_id=job.id)
+
+
+def test_failure_keeps_the_message_for_the_user(session):
+    job = new_job(session)
+    jobs.mark_running(session=session, job_id=job.id)
+    failed = jobs.mark_failed(session=session, job_id=job.id, message="the weights hold NaN; export them again")
+    assert failed.state == "failed" and failed.error == "the weights hold NaN; export them again"
+
+
+def test_transitions_of_a_missing_job(session):
+    with pytest.raises(NotFound):
+        jobs.mark_running(session=session, job_id="00000000-0000-4000-8000-000000000000")
+
+
+def test_cancelling_a_queued_job_is_immediate(session):
+    job = new_job(session)
+    cancelled = jobs.request_cancel(session=session, owner="alice", job_id=job.id)
+    assert cancelled.state == "cancelled" and cancelled.finished_at is not None
+    with pytest.raises(JobConflict):
+        jobs.mark_running(session=session, job_id=job.id)
+
+
+def test_cancelling_a_running_job_asks_its_worker_to_stop(session):
+    job = new_job(session)
+    jobs.mark_running(session=session, job_id=job.id)
+    assert not jobs.is_cancel_requested(session=session, job_id=job.id)
+    flagged = jobs.request_cancel(session=session, owner="alice", job_id=job.id)
+    assert flagged.state == "running" and flagged.cancel_requested
+    assert jobs.is_cancel_requested(session=session, job_id=job.id)
+    assert jobs.record_progress(session=session, job_id=job.id, event={"stage": "training"}) is True
+    assert jobs.mark_cancelled(session=session, job_id=job.id).state == "cancelled"
+
+
+def test_cancelling_a_finished_job_conflicts(session):
+    job = new_job(session)
+    jobs.mark_running(session=session, job_id=job.id)
+    jobs.mark_succeeded(session=session, job_id=job.id)
+    with pytest.raises(JobConflict, match=r"has finished \(succeeded\); there is nothing to cancel"):
+        jobs.request_cancel(session=session, owner="alice", job_id=job.id)
+
+
+def test_progress_of_an_epoch_gets_an_eta(session):
+    job = new_job(session)
+    jobs.mark_running(session=session, job_id=job.id)
+    event = {"stage": "training", "epoch": 1, "epochs": 4, "data_loss": 0.5, "kl": float("nan"), "seconds": 2.0,
+             "val_accuracy": None}
+    assert jobs.record_progress(session=session, job_id=job.id, event=event) is False
+    progress = jobs.get_job(session=session, owner="alice", job_id=job.id).progress
+    assert progress["epoch"] == 1 and progress["eta_seconds"] == 6.0
+    assert progress["kl"] is None  # NaN is not JSON
+
+
+def test_pretraining_eta_includes_the_training_epochs(session):
+    job = new_job(session)  # 2 training epochs
+    jobs.mark_running(session=session, job_id=job.id)
+    jobs.record_progress(session=session, job_id=job.id, event={"stage": "pretraining", "epoch": 1, "epochs": 3,
+                                                                "seconds": 1.0})
+    assert jobs.get_job(session=session, owner="alice", job_id=job.id).progress["eta_seconds"] == 4.0
+
+
+def test_a_stage_event_clears_the_previous_stage(session):
+    job = new_job(session)
+    jobs.mark_running(session=session, job_id=job.id)
+    jobs.record_progress(session=session, job_id=job.id, event={"stage": "training", "epoch": 4, "epochs": 4})
+    jobs.record_progress(session=session, job_id=job.id, event={"stage": "exporting"})
+    assert jobs.get_job(session=session, owner="alice", job_id=job.id).progress == {"stage": "exporting"}
+
+
+def test_progress_is_refused_unless_running(session):
+    job = new_job(session)
+    assert jobs.record_progress(session=session, job_id=job.id, event={"stage": "training"}) is True
+    assert jobs.get_job(session=session, owner="alice", job_id=job.id).progress is None
+    assert jobs.record_progress(session=session, job_id="00000000-0000-4000-8000-000000000000",
+                                event={"stage": "training"}) is True
+
+
+def test_count_by_state_and_discard(session):
+    kept, dropped = new_job(session), new_job(session)
+    jobs.mark_running(session=session, job_id=kept.id)
+    jobs.discard_job(session=session, job_id=dropped.id)
+    assert jobs.count_by_state(session=session) == {
+        "queued": 0, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0
+    }
