@@ -47,7 +47,9 @@ class SparsityReport:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "layers": [asdict(layer) | {"sparsity": layer.sparsity} for layer in self.layers],
+            "layers": [
+                asdict(layer) | {"shape": list(layer.shape), "sparsity": layer.sparsity} for layer in self.layers
+            ],
             "weights": self.weights,
             "nonzero": self.nonzero,
             "sparsity": self.sparsity,

@@ -94,6 +94,16 @@ def test_bad_arguments_are_refused():
         SVDConfig(threshold=9.0)
 
 
+def test_weights_below_the_lower_clip_still_feel_the_kl():
+    """A pretrained start sits at log_alpha = -clip; a plain clamp there would freeze those weights forever."""
+    layer = LinearSVD(4, 3, log_alpha_clip=8.0)
+    with torch.no_grad():
+        layer.log_sigma2.copy_(torch.log(layer.theta**2) - 12.0)  # log_alpha = -12, below the clip
+    assert float(layer.log_alpha.detach().min()) == -8.0
+    layer.kl().backward()
+    assert bool((layer.log_sigma2.grad < 0).all()), "the KL must push log_sigma2 (so alpha) up"
+
+
 def test_training_forward_gradients_reach_both_parameters():
     layer = Conv2dSVD(2, 3, 3, init_log_sigma2=-4.0)
     layer(torch.randn(2, 2, 6, 6)).sum().backward()

@@ -84,10 +84,17 @@ class Conv2dSVD(SVDLayer):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            mean, var = self.weight_moments()
-            return VF.conv2d_lrt(x, mean, var, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        return self._conv_forward(x, self.masked_weight(), self.bias)
+        if not self.training:
+            return self._conv_forward(x, self.masked_weight(), self.bias)
+        if torch.compiler.is_compiling():  # the compiler fuses the plain formulas better than it traces ours
+            mean, var = self._reference_moments()
+        else:
+            flag = VF.BackwardFlag()
+            mean, var, kl = VF.weight_stats(
+                self.theta, self.log_sigma2, self.log_alpha_clip, self.threshold, self.train_mask, flag
+            )
+            self._remember_kl(kl, flag)
+        return VF.conv2d_lrt(x, mean, var, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)

@@ -69,10 +69,18 @@ class LinearSVD(SVDLayer):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            mean, var = self.weight_moments()
-            return VF.linear_lrt(x, mean, var, self.bias)
-        return F.linear(x, self.masked_weight(), self.bias)
+        if not self.training:
+            return F.linear(x, self.masked_weight(), self.bias)
+        if torch.compiler.is_compiling():  # the compiler fuses the plain formulas better than it traces ours
+            return VF.linear_lrt(x, *self._reference_moments(), self.bias)
+        if torch.is_autocast_enabled(x.device.type):  # the fused node would bypass autocast's casts
+            return VF.linear_lrt(x, *self.weight_moments(), self.bias)
+        flag = VF.BackwardFlag()
+        out, kl = VF.linear_svd(
+            x, self.theta, self.log_sigma2, self.bias, self.log_alpha_clip, self.threshold, self.train_mask, flag
+        )
+        self._remember_kl(kl, flag)
+        return out
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, config: SVDConfig | None = None) -> LinearSVD:

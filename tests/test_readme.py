@@ -1,0 +1,25 @@
+"""The README is the user's manual: its set-up commands are what CI runs, and its quickstart runs as written."""
+
+import re
+import runpy
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_starts_with_the_two_setup_commands_and_ci_runs_the_test_one():
+    first_block = re.search(r"```sh\n(.*?)```", README, re.S).group(1).strip().splitlines()
+    commands = [line.split("#")[0].strip() for line in first_block]
+    assert commands == ["make run", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_library_quickstart_runs(tmp_path, monkeypatch):
+    quickstart = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+    script = tmp_path / "quickstart.py"
+    script.write_text(quickstart)
+    monkeypatch.chdir(tmp_path)
+    namespace = runpy.run_path(str(script))
+    assert (tmp_path / "digits.onnx").exists()
+    assert namespace["history"][-1].sparsity > 0.5
