@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -39,9 +40,9 @@ class _LiveView:
 
     def __init__(self) -> None:
         self.progress = Progress(
-            TextColumn("{task.description:<12}"),
-            BarColumn(),
-            TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("{task.description:<11}"),
+            BarColumn(bar_width=12),
+            TextColumn("{task.completed:.0f}/{task.total:.0f}"),
             TextColumn("{task.fields[stats]}"),
             TimeRemainingColumn(),
             console=console,
@@ -57,9 +58,9 @@ class _LiveView:
             self.tasks[stage] = self.progress.add_task(stage, total=event["epochs"], stats="")
         val = event["val_accuracy"]
         stats = (
-            f"loss {event['data_loss']:.3f}  kl {event['kl']:.3g}  acc {event['train_accuracy']:.3f}"
+            f"loss {event['data_loss']:.3f} kl {event['kl']:.3g} acc {event['train_accuracy']:.3f}"
             + (f"/{val:.3f}" if val is not None else "")
-            + f"  sparsity {event['sparsity']:.1%}"
+            + f" sparsity {event['sparsity']:.1%}"
         )
         self.progress.update(self.tasks[stage], completed=event["epoch"], stats=stats)
 
@@ -92,7 +93,7 @@ def compress(args: argparse.Namespace) -> int:
         with view.progress:
             report = run(job, args.out, on_progress=view)
     except (JobError, ValueError, OSError) as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         return 2
     _print_summary(report, Path(args.out))
     return 0
