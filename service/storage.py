@@ -60,8 +60,24 @@ class Storage:
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
 
     def job_artifact_dir(self, job_id: str) -> Path:
-        """The directory a worker writes the job's artifacts into."""
+        """The directory a finished job's artifacts are served from."""
         return _job_dir(self.artifact_dir, job_id)
+
+    def partial_artifact_dir(self, job_id: str) -> Path:
+        """A fresh hidden directory for a run in progress: ``publish_artifacts`` renames it into place, so the
+        served directory only ever holds the complete set of one successful run."""
+        final = _job_dir(self.artifact_dir, job_id)
+        partial = final.with_name(f".{job_id}.partial")
+        shutil.rmtree(partial, ignore_errors=True)  # what a killed earlier attempt left
+        partial.mkdir(parents=True)
+        return partial
+
+    def publish_artifacts(self, job_id: str) -> None:
+        final = _job_dir(self.artifact_dir, job_id)
+        # A run whose success could not be recorded left its directory; it is not served (the job is not
+        # succeeded), and this run's complete set replaces it.
+        shutil.rmtree(final, ignore_errors=True)
+        final.with_name(f".{job_id}.partial").replace(final)
 
     def save_uploads(self, job_id: str, files: Mapping[str, BinaryIO], max_bytes: int) -> dict[str, dict[str, Any]]:
         """Copy each upload part (``weights``, ``dataset``) in chunks into the job's upload directory.

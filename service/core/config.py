@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(1 * MiB, gt=0, description="size of a job's JSON request")
     max_parameters: int = Field(50_000_000, gt=0, description="largest model (in parameters) a job may train")
     page_size_max: int = Field(100, gt=0, description="most jobs returned by one GET /v1/jobs")
+    torch_threads: int = Field(1, gt=0, description="threads each worker process gives torch; workers share cores")
+    max_attempts: int = Field(3, gt=0, description="runs of a job (first one and redeliveries) before it fails")
+    job_time_limit_s: int = Field(6 * 3600, gt=0, description="wall-clock seconds a job may run")
 
     @model_validator(mode="before")
     @classmethod

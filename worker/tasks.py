@@ -1,0 +1,30 @@
+"""The queue's view of a job: an id in, the job store updated. The work itself is ``worker.execute``."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import create_db_engine, create_sessionmaker, upgrade_database
+from service.storage import Storage
+from worker.celery_app import app, settings
+from worker.execute import execute_job
+
+
+@cache
+def _sessions() -> sessionmaker[Session]:
+    upgrade_database(settings.database_url)
+    return create_sessionmaker(create_db_engine(settings.database_url))
+
+
+# A database that is down for a moment must not fail the job: retry with backoff, then let redelivery decide.
+@app.task(name="vdc.compress_job", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def compress_job(job_id: str) -> str:
+    # Workers share the machine's cores; torch would otherwise start one thread per core in each of them.
+    torch.set_num_threads(settings.torch_threads)
+    storage = Storage(upload_dir=settings.upload_dir, artifact_dir=settings.artifact_dir)
+    storage.create_dirs()
+    return execute_job(job_id, sessions=_sessions(), storage=storage, max_attempts=settings.max_attempts)
