@@ -1,12 +1,14 @@
-"""The ``vdc`` command: compress a model on this machine, with a live view of training."""
+"""The ``vdc`` command: compress a model on this machine, run the service, manage API keys."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,6 +17,9 @@ from rich.table import Table
 
 from vdcore.presets import PRESETS
 from worker.pipeline import ARTIFACTS, JobError, JobInput, JobOptions, run
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 console = Console(stderr=True)
 
@@ -99,6 +104,60 @@ def compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sessions() -> sessionmaker[Session]:
+    """The configured database, migrated. Imported late, so that `vdc compress` loads no database code."""
+    from service.core.config import get_settings
+    from service.db import create_db_engine, create_sessionmaker, upgrade_database
+
+    settings = get_settings()
+    upgrade_database(settings.database_url)
+    return create_sessionmaker(create_db_engine(settings.database_url))
+
+
+def keys(args: argparse.Namespace) -> int:
+    from service.keys import create_api_key, list_api_keys, revoke_api_key
+
+    with _sessions()() as session:
+        if args.action == "create":
+            print(create_api_key(session=session, owner=args.owner, name=args.name))
+            console.print("Keep this key: only its hash is stored, it cannot be shown again.")
+        elif args.action == "list":
+            for key in list_api_keys(session=session, owner=args.owner):
+                state = "revoked" if key.revoked_at else "active"
+                print(f"{key.id}  {key.owner:<16} {key.name:<16} {key.prefix}...  {state}")
+        elif revoke_api_key(session=session, key_id=args.id) is None:
+            console.print(f"[red]error:[/red] no active key {escape(args.id)}", soft_wrap=True)
+            return 2
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The API and its workers on this machine: the same code as a deployment, with SQLite, local files and,
+    unless ``VDC_BROKER_URL`` is set, a broker in a folder, so nothing else needs to run."""
+    import uvicorn
+
+    from service.core.config import get_settings
+
+    settings = get_settings()
+    _sessions()  # migrate once, before the workers and the API start
+    worker_command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+                      "--loglevel", "warning"]
+    workers = [
+        subprocess.Popen([*worker_command, "--hostname", f"vdc{i}@%h"], env=os.environ.copy())
+        for i in range(args.workers)
+    ]
+    console.print(f"data in {settings.data_dir}; {args.workers} worker(s); API on http://{args.host}:{args.port}")
+    console.print("create an API key with: vdc keys create --owner NAME")
+    try:
+        uvicorn.run("service.api.asgi:app", host=args.host, port=args.port, log_level="warning")
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=30)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vdc", description="Compress neural networks with Sparse Variational Dropout."
@@ -115,6 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default in JobOptions().to_dict().items():
         local.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), help=f"default {default}")
     local.set_defaults(handler=compress)
+
+    server = commands.add_parser("serve", help="run the API and workers on this machine (no Redis or PostgreSQL)")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--workers", type=int, default=1, help="worker processes, one job each at a time")
+    server.set_defaults(handler=serve)
+
+    key_parser = commands.add_parser("keys", help="create, list or revoke API keys (in the configured database)")
+    key_actions = key_parser.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="create a key and print it once")
+    create.add_argument("--owner", required=True, help="the owner whose jobs the key can see")
+    create.add_argument("--name", default="default", help="a label for the key")
+    listing = key_actions.add_parser("list", help="list keys (never their secret)")
+    listing.add_argument("--owner")
+    revoke = key_actions.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+    key_parser.set_defaults(handler=keys)
     return parser
 
 

@@ -1,15 +1,40 @@
-"""The Celery application: the same settings as the API, tuned for long jobs that must survive a dead worker."""
+"""The Celery application: the same settings as the API, tuned for long jobs that must survive a dead worker.
+
+Without ``VDC_BROKER_URL`` the broker is a folder under ``data_dir`` (kombu's filesystem transport): the
+embedded default of ``vdc serve``, which needs no server. Deployments set a Redis or RabbitMQ URL.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
-from service.core.config import get_settings
+from service.core.config import Settings, get_settings
+
+
+def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The broker URL and transport options: the configured broker, or the embedded folder broker."""
+    if settings.broker_url:
+        return settings.broker_url, {}
+    folder = settings.data_dir / "broker"
+    for sub in ("queue", "processed"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    queue = str(folder / "queue")
+    return "filesystem://", {
+        "data_folder_in": queue,
+        "data_folder_out": queue,
+        "processed_folder": str(folder / "processed"),
+        "store_processed": False,
+    }
+
 
 settings = get_settings()
+broker_url, transport_options = broker_options(settings)
 
-app = Celery("vdc", broker=settings.broker_url or None, include=["worker.tasks"])
+app = Celery("vdc", broker=broker_url, include=["worker.tasks"])
 app.conf.update(
+    broker_transport_options=transport_options,
     # A job is acknowledged only once it has finished, so a worker killed mid-job leaves it to be delivered
     # again; one job at a time per worker process, none reserved behind it.
     task_acks_late=True,
