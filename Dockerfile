@@ -1,0 +1,29 @@
+# One image for the API and the workers; docker-compose.yml chooses the command.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    VDC_DATA_DIR=/data
+
+WORKDIR /app
+
+# torch first and by exact pin. The default is PyTorch's CPU wheel index (an unpinned torch would pull gigabytes
+# of CUDA packages); the GPU worker image is built with TORCH_INDEX="" and gets the default, CUDA-enabled build.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN if [ -n "$TORCH_INDEX" ]; then pip install torch==2.13.0 --index-url "$TORCH_INDEX"; \
+    else pip install torch==2.13.0; fi
+
+COPY pyproject.toml README.md ./
+COPY vdcore ./vdcore
+COPY worker ./worker
+COPY service ./service
+RUN pip install '.[service]'
+
+# Never run as root: the service holds users' models and data.
+RUN useradd --create-home --uid 10001 vdc && mkdir -p /data && chown vdc:vdc /data
+USER vdc
+VOLUME ["/data"]
+EXPOSE 8000
+
+CMD ["uvicorn", "service.api.asgi:app", "--host", "0.0.0.0", "--port", "8000"]

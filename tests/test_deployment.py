@@ -1,0 +1,84 @@
+"""Docker has no engine on our machines, so the Dockerfile and compose file are checked by reading them:
+services, commands, environment and volumes must agree with the code they start."""
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.core.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+SERVICES = COMPOSE["services"]
+APP_SERVICES = ("api", "worker", "gpu-worker")
+
+
+def test_services_and_their_dependencies():
+    assert set(SERVICES) == {"api", "worker", "gpu-worker", "redis", "postgres"}
+    for name in APP_SERVICES:
+        assert set(SERVICES[name]["depends_on"]) == {"redis", "postgres"}
+        assert all(dep["condition"] == "service_healthy" for dep in SERVICES[name]["depends_on"].values())
+    for name in ("api", "redis", "postgres"):
+        assert "healthcheck" in SERVICES[name], f"{name} needs a health check"
+    assert "/readyz" in " ".join(SERVICES["api"]["healthcheck"]["test"])
+
+
+def test_environment_names_real_settings_and_points_at_the_compose_servers():
+    fields = {f"VDC_{name.upper()}" for name in Settings.model_fields}
+    for name in APP_SERVICES:
+        env = SERVICES[name]["environment"]
+        assert set(env) <= fields, f"{name} sets unknown settings {set(env) - fields}"
+        assert env["VDC_BROKER_URL"].startswith("redis://redis:6379")
+        assert "@postgres:5432/" in env["VDC_DATABASE_URL"]
+        assert env["VDC_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert env["VDC_ENVIRONMENT"] == "production"
+    assert SERVICES["postgres"]["environment"]["POSTGRES_USER"] in SERVICES["api"]["environment"]["VDC_DATABASE_URL"]
+
+
+def test_api_and_workers_share_the_data_volume_at_the_data_dir():
+    for name in APP_SERVICES:
+        data_dir = SERVICES[name]["environment"]["VDC_DATA_DIR"]
+        assert f"vdc-data:{data_dir}" in SERVICES[name]["volumes"]
+    assert set(COMPOSE["volumes"]) >= {"vdc-data", "postgres-data", "redis-data"}
+
+
+def test_commands_start_code_that_exists():
+    api = SERVICES["api"]["command"]
+    module, attribute = api[api.index("uvicorn") + 1].split(":")
+    assert importlib.util.find_spec(module) is not None and attribute == "app"
+    assert api[api.index("--port") + 1] == "8000" and "8000:8000" in SERVICES["api"]["ports"]
+    assert re.search(r"EXPOSE 8000\b", DOCKERFILE)
+    worker = SERVICES["worker"]["command"]
+    celery_app = importlib.import_module(worker[worker.index("-A") + 1]).app
+    celery_app.loader.import_default_modules()
+    assert "vdc.compress_job" in celery_app.tasks
+    assert worker[worker.index("--concurrency") + 1] == "1", "one job per worker process; scale with --scale"
+
+
+def test_gpu_workers_reserve_a_gpu_under_a_profile_and_cpu_workers_do_not():
+    gpu = SERVICES["gpu-worker"]
+    assert gpu["profiles"] == ["gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert gpu["build"]["args"]["TORCH_INDEX"] == "", "the GPU image needs the CUDA build of torch"
+    assert "deploy" not in SERVICES["worker"] and "profiles" not in SERVICES["worker"]
+    assert "container_name" not in SERVICES["worker"], "a fixed name would break --scale worker=N"
+
+
+@pytest.mark.parametrize("name", ["redis", "postgres"])
+def test_servers_keep_their_data_in_volumes(name):
+    assert any(volume.startswith(f"{name}-data:") for volume in SERVICES[name]["volumes"])
+
+
+def test_image_installs_pinned_torch_first_and_runs_as_non_root():
+    torch_at = DOCKERFILE.index("torch==2.13.0")
+    project_at = DOCKERFILE.index("pip install '.[service]'")
+    assert torch_at < project_at
+    assert DOCKERFILE.startswith("# ") and "FROM python:3.11" in DOCKERFILE
+    user = re.findall(r"^USER (\S+)", DOCKERFILE, re.M)
+    assert user and user[-1] not in ("root", "0")
+    assert "VDC_DATA_DIR=/data" in DOCKERFILE
