@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from service.client import FINISHED, ApiError, Client
 from vdcore.presets import PRESETS
 from worker.pipeline import ARTIFACTS, JobError, JobInput, JobOptions, run
 
@@ -53,11 +55,15 @@ class _LiveView:
             console=console,
         )
         self.tasks: dict[str, Any] = {}
+        self.stage: str | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
+        """Takes the pipeline's events and, when watching a server, its polled progress (repeats are fine)."""
         stage = event["stage"]
-        if "epoch" not in event:
+        if stage != self.stage and stage not in self.tasks:
             console.log(f"[bold]{stage}[/bold]")
+        self.stage = stage
+        if event.get("epoch") is None:
             return
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=event["epochs"], stats="")
@@ -85,8 +91,17 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     Console().print(table)
 
 
+def _option_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in JobOptions.__dataclass_fields__ and v is not None}
+
+
+def _fail(message: object) -> int:
+    console.print(f"[red]error:[/red] {escape(str(message))}", soft_wrap=True)
+    return 2
+
+
 def compress(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in vars(args).items() if k in JobOptions.__dataclass_fields__ and v is not None}
+    overrides = _option_overrides(args)
     try:
         job = JobInput(
             model=_model_source(args),
@@ -98,9 +113,82 @@ def compress(args: argparse.Namespace) -> int:
         with view.progress:
             report = run(job, args.out, on_progress=view)
     except (JobError, ValueError, OSError) as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
-        return 2
+        return _fail(error)
     _print_summary(report, Path(args.out))
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Client:
+    if not args.key:
+        raise ApiError("no API key: pass --key or set VDC_API_KEY (create one with `vdc keys create`)")
+    return Client(args.server, args.key)
+
+
+def _watch(client: Client, job_id: str, interval: float = 1.0) -> int:
+    """Follow a job until it finishes; 0 if it succeeded."""
+    view = _LiveView()
+    with view.progress:
+        while (job := client.job(job_id))["state"] not in FINISHED:
+            if job["progress"]:
+                view(job["progress"])
+            time.sleep(interval)
+    if job["state"] != "succeeded":
+        return _fail(f"job {job_id} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
+    console.print(f"job {job_id} succeeded; get its files with: vdc download {job_id}")
+    return 0
+
+
+def submit(args: argparse.Namespace) -> int:
+    dataset_file = args.dataset if args.dataset.endswith(".npz") else None
+    request = {
+        "model": _model_source(args),
+        "dataset": None if dataset_file else {"builtin": args.dataset},
+        "options": _option_overrides(args),
+    }
+    try:
+        client = _client(args)
+        job = client.submit(request, args.weights, dataset_file, args.idempotency_key)
+        print(job["id"])
+        return _watch(client, job["id"]) if args.watch else 0
+    except (ApiError, OSError) as error:
+        return _fail(error)
+
+
+def status(args: argparse.Namespace) -> int:
+    try:
+        client = _client(args)
+        if args.id is None:
+            for job in client.jobs()["items"]:
+                print(f"{job['id']}  {job['state']:<10} {job['created_at']}")
+            return 0
+        print(json.dumps(client.job(args.id), indent=2))
+    except ApiError as error:
+        return _fail(error)
+    return 0
+
+
+def watch(args: argparse.Namespace) -> int:
+    try:
+        return _watch(_client(args), args.id)
+    except ApiError as error:
+        return _fail(error)
+
+
+def download(args: argparse.Namespace) -> int:
+    try:
+        for path in _client(args).download(args.id, Path(args.out), args.name or None):
+            print(path)
+    except (ApiError, OSError) as error:
+        return _fail(error)
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    try:
+        job = _client(args).cancel(args.id)
+    except ApiError as error:
+        return _fail(error)
+    print(f"{job['id']}  {job['state']}" + ("  (stopping)" if job["cancel_requested"] else ""))
     return 0
 
 
@@ -158,6 +246,17 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_arguments(parser: argparse.ArgumentParser, dataset_help: str) -> None:
+    """What a job is made of, the same for a local run and a submitted one."""
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--preset", default="lenet-300-100", choices=sorted(PRESETS), help="a named architecture")
+    model.add_argument("--spec", help="a JSON file describing the architecture")
+    parser.add_argument("--weights", help="a safetensors file of the model's trained weights")
+    parser.add_argument("--dataset", default="digits", help=dataset_help)
+    for name, default in JobOptions().to_dict().items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), help=f"default {default}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vdc", description="Compress neural networks with Sparse Variational Dropout."
@@ -165,15 +264,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     local = commands.add_parser("compress", help="compress a model on this machine (no server)")
-    model = local.add_mutually_exclusive_group()
-    model.add_argument("--preset", default="lenet-300-100", choices=sorted(PRESETS), help="a named architecture")
-    model.add_argument("--spec", help="a JSON file describing the architecture")
-    local.add_argument("--weights", help="a safetensors file of the model's trained weights")
-    local.add_argument("--dataset", default="digits", help="'digits', an .npz file, or a directory of MNIST IDX files")
+    _job_arguments(local, "'digits', an .npz file, or a directory of MNIST IDX files")
     local.add_argument("--out", default="out", help="directory for the artifacts (default: out)")
-    for name, default in JobOptions().to_dict().items():
-        local.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), help=f"default {default}")
     local.set_defaults(handler=compress)
+
+    remote = commands.add_parser("submit", help="submit a job to a server and print its id")
+    _job_arguments(remote, "'digits' or an .npz file to upload")
+    remote.add_argument("--idempotency-key", help="a retried submit with the same key returns the same job")
+    remote.add_argument("--watch", action="store_true", help="then follow it with a progress bar")
+    remote.set_defaults(handler=submit)
+    for name, handler, about in (
+        ("status", status, "a job's state and progress as JSON (without an id: your recent jobs)"),
+        ("watch", watch, "follow a job with a progress bar until it finishes"),
+        ("download", download, "save a job's artifacts"),
+        ("cancel", cancel, "cancel a queued or running job"),
+    ):
+        command = commands.add_parser(name, help=about)
+        command.add_argument("id", nargs="?" if name == "status" else None)
+        if name == "download":
+            command.add_argument("--out", default=".", help="directory to save into (default: .)")
+            command.add_argument("--name", action="append", help="one artifact (repeatable); default: all")
+        command.set_defaults(handler=handler)
+    for command in (remote, *(commands.choices[n] for n in ("status", "watch", "download", "cancel"))):
+        command.add_argument("--server", default=os.environ.get("VDC_SERVER", "http://127.0.0.1:8000"))
+        command.add_argument("--key", default=os.environ.get("VDC_API_KEY"), help="API key (or VDC_API_KEY)")
 
     server = commands.add_parser("serve", help="run the API and workers on this machine (no Redis or PostgreSQL)")
     server.add_argument("--host", default="127.0.0.1")
