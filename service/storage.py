@@ -17,9 +17,8 @@ from typing import Any, BinaryIO
 
 from service.errors import TooLarge
 from worker.pipeline import ARTIFACTS
+from worker.plots import PLOTS
 
-# Plots a worker may draw next to the pipeline's artifacts.
-PLOTS = ("training_curves.png", "layer_sparsity.png", "input_relevance.png")
 ARTIFACT_NAMES = (*ARTIFACTS, *PLOTS)
 MEDIA_TYPES = {".onnx": "application/octet-stream", ".json": "application/json",
                ".safetensors": "application/octet-stream", ".png": "image/png"}

@@ -25,6 +25,7 @@ from vdcore.latency import measure_latency
 from vdcore.shrink import layer_widths, shrink
 from vdcore.spec import ModelPlan, SpecError, plan_model
 from vdcore.weights import check_weights, load_weights, save_weights
+from worker.plots import draw_plots
 
 ARTIFACTS = ("model.onnx", "baseline.onnx", "report.json", "weights.safetensors")
 
@@ -185,7 +186,8 @@ def _train_stage(
 
 
 def run(job: JobInput, out_dir: str | os.PathLike[str], on_progress: Progress | None = None) -> dict[str, Any]:
-    """Compress one model and write ``ARTIFACTS`` into ``out_dir``; returns the report.
+    """Compress one model and write ``ARTIFACTS`` and the plots named in the report into ``out_dir``; returns
+    the report.
 
     ``on_progress`` receives stage and epoch events; returning ``True`` cancels the job (``Cancelled``).
     """
@@ -267,6 +269,7 @@ def run(job: JobInput, out_dir: str | os.PathLike[str], on_progress: Progress | 
         "history": {"pretraining": pretrain, "training": history},
         "timings": timings,
     }
+    report["plots"] = draw_plots(report, pruned, data.plan.input_shape, out)
     _write_json(out / "report.json", report)
     return report
 

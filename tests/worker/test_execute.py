@@ -10,6 +10,7 @@ from service.models import JobRequest
 from service.storage import Storage
 from worker.execute import INTERNAL_ERROR, execute_job
 from worker.pipeline import ARTIFACTS
+from worker.plots import PLOTS
 
 FAST = {"epochs": 2, "pretrain_epochs": 1, "batch_size": 100, "device": "cpu"}
 
@@ -49,7 +50,7 @@ def test_a_job_succeeds_with_progress_and_all_artifacts(world):
     job = load(sessions, job_id)
     assert job.state == "succeeded" and job.attempts == 1 and job.error is None
     assert job.progress["stage"] == "measuring"
-    assert {a.name for a in storage.list_artifacts(job_id)} == set(ARTIFACTS)
+    assert {a.name for a in storage.list_artifacts(job_id)} == {*ARTIFACTS, *PLOTS}
     assert not list(storage.artifact_dir.glob(".*")), "no partial directory may remain"
     assert run(job_id, sessions, storage) == "succeeded", "a finished job is not run again"
     assert load(sessions, job_id).attempts == 1

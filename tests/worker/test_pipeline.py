@@ -25,7 +25,8 @@ def finished(tmp_path_factory):
 
 def test_artifacts_and_report(finished):
     out, report, _ = finished
-    assert sorted(p.name for p in out.iterdir()) == sorted(ARTIFACTS)
+    assert report["plots"] == ["training_curves.png", "layer_sparsity.png", "input_relevance.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*ARTIFACTS, *report["plots"]])
     assert json.loads((out / "report.json").read_text()) == report
     assert report["model"] == {"input_shape": [1, 8, 8], "num_classes": 10, "parameters": 50_610}
     assert report["weights"]["before"] == 50_200
