@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from service.client import FINISHED, ApiError, Client
@@ -54,7 +54,7 @@ class _LiveView:
             TimeRemainingColumn(),
             console=console,
         )
-        self.tasks: dict[str, Any] = {}
+        self.tasks: dict[str, tuple[TaskID, int]] = {}  # stage -> (bar, epochs)
         self.stage: str | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -62,18 +62,20 @@ class _LiveView:
         stage = event["stage"]
         if stage != self.stage and stage not in self.tasks:
             console.log(f"[bold]{stage}[/bold]")
+            for task, total in self.tasks.values():  # a stage that ended did all its epochs, seen or not
+                self.progress.update(task, completed=total)
         self.stage = stage
         if event.get("epoch") is None:
             return
         if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=event["epochs"], stats="")
+            self.tasks[stage] = (self.progress.add_task(stage, total=event["epochs"], stats=""), event["epochs"])
         val = event["val_accuracy"]
         stats = (
             f"loss {event['data_loss']:.3f} kl {event['kl']:.3g} acc {event['train_accuracy']:.3f}"
             + (f"/{val:.3f}" if val is not None else "")
             + f" sparsity {event['sparsity']:.1%}"
         )
-        self.progress.update(self.tasks[stage], completed=event["epoch"], stats=stats)
+        self.progress.update(self.tasks[stage][0], completed=event["epoch"], stats=stats)
 
 
 def _print_summary(report: dict[str, Any], out: Path) -> None:
