@@ -18,13 +18,14 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
     if settings.broker_url:
         return settings.broker_url, {}
     folder = settings.data_dir / "broker"
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     queue = str(folder / "queue")
     return "filesystem://", {
         "data_folder_in": queue,
         "data_folder_out": queue,
         "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),  # kombu's default is ./control, wherever the process runs
         "store_processed": False,
     }
 

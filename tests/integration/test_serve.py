@@ -19,14 +19,17 @@ def server(tmp_path_factory):
     env.pop("VDC_DATABASE_URL", None)
     port = free_port()
     log = folder / "serve.log"
+    workdir = folder / "cwd"
+    workdir.mkdir()
     with open(log, "wb") as out:
-        process = subprocess.Popen([VDC, "serve", "--port", str(port)], env=env, stdout=out, stderr=out)
+        process = subprocess.Popen([VDC, "serve", "--port", str(port)], env=env, stdout=out, stderr=out, cwd=workdir)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(process, f"{base}/readyz", log)
         yield base, create_key(env)
     finally:
         stop(process)
+    assert list(workdir.iterdir()) == [], "vdc serve must keep its files under VDC_DATA_DIR"
 
 
 def test_submit_watch_download_and_check_in_onnxruntime(server, tmp_path):
