@@ -227,9 +227,10 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.core.config import get_settings
+    from service.db import upgrade_database
 
     settings = get_settings()
-    _sessions()  # migrate once, before the workers and the API start
+    upgrade_database(settings.database_url)  # once, before the workers and the API start
     worker_command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
                       "--loglevel", "warning"]
     workers = [

@@ -213,7 +213,6 @@ def run(job: JobInput, out_dir: str | os.PathLike[str], on_progress: Progress | 
         timings["pretraining_s"] = time.perf_counter() - mark
     model.to(device).eval()
     accuracy_before = vdcore.evaluate(model, evaluation)
-    dense_report = vdcore.sparsity_report(model)
     baseline = vdcore.export_onnx(model, out / "baseline.onnx", example)
 
     _notify(on_progress, {"stage": "training"})
@@ -257,7 +256,7 @@ def run(job: JobInput, out_dir: str | os.PathLike[str], on_progress: Progress | 
         "accuracy": {"before": accuracy_before, "after": accuracy_after},
         "compression": sparse_report.compression,
         "sparsity": sparse_report.sparsity,
-        "weights": {"before": dense_report.weights, "nonzero_after": sparse_report.nonzero},
+        "weights": {"before": sparse_report.weights, "nonzero_after": sparse_report.nonzero},
         "units": {"before": layer_widths(pruned), "after": layer_widths(small)},
         "layers": sparse_report.to_dict()["layers"],
         "files": {
