@@ -18,12 +18,9 @@ Appends a section to ``bench/RESULTS.md`` unless ``--no-write``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import functools
 import json
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -40,10 +37,10 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vdcore
+from bench.results import append_section, command_line, machine
 from vdcore import functional as VF
 
 TRAIN_SIZE = 60000  # MNIST: the KL is divided by the training-set size, as in the user's loss
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def lenet_300_100() -> nn.Module:
@@ -215,34 +212,11 @@ def bench_in_processes(args: argparse.Namespace) -> Rows:
     return rows
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    return (
-        f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} intra-op threads), {platform.python_implementation()} "
-        f"{platform.python_version()}"
-    )
-
-
 def write_results(rows: Rows, args: argparse.Namespace, device: torch.device) -> str:
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
     lines = [
-        f"## {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} - {args.label or device.type}",
-        "",
         f"- machine: {machine(device)}",
-        f"- command: `{command}`",
+        f"- command: `{command_line()}`",
         f"- allocator: {'glibc defaults' if not malloc else ', '.join(f'{k}={v}' for k, v in malloc.items())}",
         f"- batch {args.batch}; {args.rounds} rounds of {args.steps} steps per variant, interleaved (after "
         f"{args.warmup} warm-up steps); median step time; "
@@ -260,11 +234,7 @@ def write_results(rows: Rows, args: argparse.Namespace, device: torch.device) ->
             r = row["reference"]
             line += f" {r['ms']:.3f} | {r['ratio']:.2f}x [{r['lo']:.2f}-{r['hi']:.2f}] |"
         lines.append(line)
-    text = "\n".join(lines) + "\n"
-    header = "" if RESULTS.exists() else "# Training-step benchmark: Sparse VD against plain layers\n"
-    with RESULTS.open("a") as f:
-        f.write(f"{header}\n{text}")
-    return text
+    return append_section(args.label or device.type, lines)
 
 
 def main() -> None:

@@ -31,6 +31,12 @@ class TooLarge(ServiceError):
     status_code = 413
 
 
+class QuotaExceeded(ServiceError):
+    """The owner has used up an allowance (active jobs, storage); it frees up as jobs finish or files go."""
+
+    status_code = 429
+
+
 class UnsupportedMediaType(ServiceError):
     status_code = 415
 

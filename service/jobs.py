@@ -1,13 +1,16 @@
 """The job store: plain functions over a session, no HTTP, used by the API and by the workers.
 
-States move only forward::
+States move forward, except for a job whose worker died::
 
     queued -> running -> succeeded | failed | cancelled
     queued -> cancelled | failed
-    running -> running            (a redelivered task after a worker died: one more attempt)
+    running -> queued             (its lease ran out: the worker is presumed dead; the reconciler requeues it)
 
 Each transition is one conditional ``UPDATE ... WHERE state IN (...)``, so an API cancelling and a worker
-starting the same job at the same moment cannot both win. Functions that act for a user take ``owner`` and
+starting the same job at the same moment cannot both win. A worker claims a queued job for one attempt (the
+``attempts`` count it set) and holds it by renewing a lease; every write it makes afterwards is conditional
+on still holding that attempt, so a worker that lost its job (presumed dead, but only slow) cannot overwrite
+what the next attempt does. Functions that act for a user take ``owner`` and
 see only that owner's jobs; functions for workers take the job id alone. Reads always go to the database, as
 another process may have just changed the job.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -105,12 +109,16 @@ def count_by_state(*, session: Session) -> dict[str, int]:
     return {state: counts.get(state, 0) for state in STATES}
 
 
-def _transition(session: Session, job_id: str, sources: set[str], target: str, **values: Any) -> Job:
-    """Move the job to ``target`` if it is in one of ``sources``; ``JobConflict`` otherwise."""
+def _transition(
+    session: Session, job_id: str, sources: set[str], target: str, attempt: int | None = None, **values: Any
+) -> Job:
+    """Move the job to ``target`` if it is in one of ``sources`` (and, given ``attempt``, still in that
+    attempt); ``JobConflict`` otherwise."""
+    condition = [Job.id == job_id, Job.state.in_(sources)]
+    if attempt is not None:
+        condition.append(Job.attempts == attempt)
     result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state.in_(sources))
-        .values(state=target, updated_at=utcnow(), **values)
+        update(Job).where(*condition).values(state=target, updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -122,25 +130,103 @@ def _transition(session: Session, job_id: str, sources: set[str], target: str, *
     return job
 
 
-def mark_running(*, session: Session, job_id: str) -> Job:
-    """A worker starts (or, after a crash, restarts) the job; ``started_at`` is the current attempt's start."""
+def claim(*, session: Session, job_id: str, lease_s: float) -> Job | None:
+    """Take a queued job for one more attempt, leased for ``lease_s``; None if it is not queued (another
+    worker holds it, or it has finished): a duplicate delivery then has nothing to do.
+
+    ``started_at`` is the current attempt's start; the returned job's ``attempts`` identifies the attempt.
+    """
+    now = utcnow()
+    try:
+        return _transition(
+            session, job_id, {"queued"}, "running", started_at=now, attempts=Job.attempts + 1,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+        )
+    except (JobConflict, NotFound):
+        return None
+
+
+def renew_lease(*, session: Session, job_id: str, attempt: int, lease_s: float) -> bool:
+    """Extend the attempt's hold on the job; False if the job is no longer this attempt's to run."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", Job.attempts == attempt)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def mark_succeeded(*, session: Session, job_id: str, attempt: int) -> Job:
     return _transition(
-        session, job_id, {"queued", "running"}, "running", started_at=utcnow(), attempts=Job.attempts + 1
+        session, job_id, {"running"}, "succeeded", attempt, finished_at=utcnow(), error=None, lease_expires_at=None
     )
 
 
-def mark_succeeded(*, session: Session, job_id: str) -> Job:
-    return _transition(session, job_id, {"running"}, "succeeded", finished_at=utcnow(), error=None)
-
-
-def mark_failed(*, session: Session, job_id: str, message: str) -> Job:
+def mark_failed(*, session: Session, job_id: str, message: str, attempt: int | None = None) -> Job:
     """Fail the job with ``message``, which the user reads: say what went wrong and what to change."""
-    return _transition(session, job_id, {"queued", "running"}, "failed", finished_at=utcnow(), error=message)
+    return _transition(
+        session, job_id, {"queued", "running"}, "failed", attempt, finished_at=utcnow(), error=message,
+        lease_expires_at=None,
+    )
 
 
-def mark_cancelled(*, session: Session, job_id: str) -> Job:
+def mark_cancelled(*, session: Session, job_id: str, attempt: int | None = None) -> Job:
     """A worker stopped the job because a cancel was requested."""
-    return _transition(session, job_id, {"queued", "running"}, "cancelled", finished_at=utcnow())
+    return _transition(
+        session, job_id, {"queued", "running"}, "cancelled", attempt, finished_at=utcnow(), lease_expires_at=None
+    )
+
+
+def requeue_orphans(*, session: Session, now: datetime) -> list[str]:
+    """Running jobs whose lease ran out (their worker died) go back to the queue, counted as dispatched now;
+    returns their ids, for the caller to dispatch.
+
+    Each is moved by its own conditional update, so of two reconcilers only one requeues a job.
+    """
+    expired = session.scalars(select(Job.id).where(Job.state == "running", Job.lease_expires_at < now)).all()
+    requeued = []
+    for job_id in expired:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "running", Job.lease_expires_at < now)
+            .values(
+                state="queued", lease_expires_at=None, updated_at=now, dispatched_at=now, dispatches=Job.dispatches + 1,
+                progress={"stage": "requeued", "reason": "its worker stopped responding; it resumes from its "
+                          "last saved epoch"},
+            )
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if result.rowcount:  # type: ignore[attr-defined]
+            requeued.append(job_id)
+    return requeued
+
+
+def redispatch_due(*, session: Session, now: datetime, after_s: float, cap_s: float = 3600) -> list[str]:
+    """Queued jobs due for another hand-to-the-broker, each claimed by one conditional update.
+
+    A job is due once ``after_s * 2 ** (dispatches - 1)`` (at most ``cap_s``) have passed since its last
+    dispatch: a lost message is replaced soon, while a job that merely waits behind others is not flooded
+    with duplicates (which would be harmless: a duplicate finds the job taken and does nothing).
+    """
+    queued = session.execute(select(Job.id, Job.dispatched_at, Job.dispatches).where(Job.state == "queued")).all()
+    due = []
+    for job_id, dispatched_at, dispatches in queued:
+        wait = min(after_s * 2 ** max(dispatches - 1, 0), cap_s)
+        if dispatched_at.replace(tzinfo=dispatched_at.tzinfo or now.tzinfo) + timedelta(seconds=wait) > now:
+            continue
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "queued", Job.dispatches == dispatches)
+            .values(dispatched_at=now, dispatches=dispatches + 1)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if result.rowcount:  # type: ignore[attr-defined]
+            due.append(job_id)
+    return due
 
 
 def request_cancel(*, session: Session, owner: str, job_id: str) -> Job | None:
@@ -165,8 +251,9 @@ def is_cancel_requested(*, session: Session, job_id: str) -> bool:
     return row is None or row.cancel_requested or row.state in FINISHED
 
 
-def record_progress(*, session: Session, job_id: str, event: Mapping[str, Any]) -> bool:
-    """Store a pipeline progress event as the running job's progress; returns whether the worker should stop.
+def record_progress(*, session: Session, job_id: str, event: Mapping[str, Any], attempt: int | None = None) -> bool:
+    """Store a pipeline progress event as the running job's progress; returns whether the worker should stop
+    (a cancel was requested, or, given ``attempt``, the job is no longer this attempt's).
 
     The result suits ``worker.pipeline.run``'s ``on_progress``, where a truthy answer cancels the run. An
     epoch event (``epoch``, ``epochs``, ``seconds``, metrics) gets an ``eta_seconds``; a stage event (only
@@ -181,10 +268,11 @@ def record_progress(*, session: Session, job_id: str, event: Mapping[str, Any]) 
         if event["stage"] == "pretraining":
             remaining += job.request["options"]["epochs"]
         progress["eta_seconds"] = event["seconds"] * remaining
+    condition = [Job.id == job_id, Job.state == "running"]
+    if attempt is not None:
+        condition.append(Job.attempts == attempt)
     result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == "running")
-        .values(progress=progress, updated_at=utcnow())
+        update(Job).where(*condition).values(progress=progress, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     session.commit()

@@ -93,6 +93,7 @@ class Job(Base):
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         CheckConstraint(f"state IN {STATES}", name="state"),
         Index("ix_jobs_owner_created_at", "owner", "created_at"),
+        Index("ix_jobs_state_dispatched_at", "state", "dispatched_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -105,6 +106,11 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # While running: the worker holding the job renews this; past it, the job is presumed orphaned.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the job was last handed to the broker, and how often: the reconciler re-sends lost messages.
+    dispatched_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    dispatches: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -120,7 +126,7 @@ class JobOptionsRequest(BaseModel):
     Strict types: ``"5"`` or ``true`` for an epoch count is a mistake to report, not to guess at.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     epochs: int = Field(_OPTIONS.epochs, ge=1, le=10_000)
     pretrain_epochs: int = Field(_OPTIONS.pretrain_epochs, ge=0, le=10_000)
@@ -232,6 +238,7 @@ class JobPublic(BaseModel):
     uploads: dict[str, Upload]
     progress: Progress | None
     error: str | None = Field(description="for a failed job, what went wrong and what to change")
+    attempts: int = Field(description="runs started; more than 1 when a worker was lost and the job resumed")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -249,6 +256,7 @@ class JobPublic(BaseModel):
             uploads=job.uploads,
             progress=job.progress,
             error=job.error,
+            attempts=job.attempts,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

@@ -1,5 +1,5 @@
 """Where a job's files live: its uploaded inputs under ``upload_dir/{job_id}/``, its outputs under
-``artifact_dir/{job_id}/``.
+``artifact_dir/{job_id}/``, its training checkpoints (while it runs) under ``checkpoint_dir/{job_id}/``.
 
 Every file is written to a hidden temporary name and renamed when complete, so a reader never sees half a
 file; only names from fixed lists are ever read or served, so a name from a URL cannot reach anything else.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from service.core.config import Settings
 from service.errors import TooLarge
 from worker.pipeline import ARTIFACTS
 from worker.plots import PLOTS
@@ -53,30 +54,49 @@ def _mib(size: int) -> str:
 class Storage:
     upload_dir: Path
     artifact_dir: Path
+    checkpoint_dir: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Storage:
+        return cls(settings.upload_dir, settings.artifact_dir, settings.checkpoint_dir)
 
     def create_dirs(self) -> None:
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
-        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.upload_dir, self.artifact_dir, self.checkpoint_dir):
+            folder.mkdir(parents=True, exist_ok=True)
 
     def job_artifact_dir(self, job_id: str) -> Path:
         """The directory a finished job's artifacts are served from."""
         return _job_dir(self.artifact_dir, job_id)
 
-    def partial_artifact_dir(self, job_id: str) -> Path:
-        """A fresh hidden directory for a run in progress: ``publish_artifacts`` renames it into place, so the
-        served directory only ever holds the complete set of one successful run."""
-        final = _job_dir(self.artifact_dir, job_id)
-        partial = final.with_name(f".{job_id}.partial")
-        shutil.rmtree(partial, ignore_errors=True)  # what a killed earlier attempt left
+    def _partial(self, job_id: str, attempt: int) -> Path:
+        return _job_dir(self.artifact_dir, job_id).with_name(f".{job_id}.{attempt}.partial")
+
+    def partial_artifact_dir(self, job_id: str, attempt: int) -> Path:
+        """A fresh hidden directory for one attempt in progress: ``publish_artifacts`` renames it into place, so
+        the served directory only ever holds the complete set of one successful run. One per attempt: a worker
+        presumed dead but only slow never writes into its successor's files."""
+        partial = self._partial(job_id, attempt)
+        shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         return partial
 
-    def publish_artifacts(self, job_id: str) -> None:
+    def publish_artifacts(self, job_id: str, attempt: int) -> None:
         final = _job_dir(self.artifact_dir, job_id)
         # A run whose success could not be recorded left its directory; it is not served (the job is not
         # succeeded), and this run's complete set replaces it.
         shutil.rmtree(final, ignore_errors=True)
-        final.with_name(f".{job_id}.partial").replace(final)
+        self._partial(job_id, attempt).replace(final)
+
+    def job_checkpoint_dir(self, job_id: str) -> Path:
+        """Where a running job saves its epochs, kept across attempts so that a rerun resumes."""
+        return _job_dir(self.checkpoint_dir, job_id)
+
+    def release_job_files(self, job_id: str) -> None:
+        """Once a job has finished: its uploads, checkpoints and unpublished attempts go; artifacts stay."""
+        self.delete_uploads(job_id)
+        shutil.rmtree(self.job_checkpoint_dir(job_id), ignore_errors=True)
+        for partial in self.artifact_dir.glob(f".{_job_dir(self.artifact_dir, job_id).name}.*.partial"):
+            shutil.rmtree(partial, ignore_errors=True)
 
     def save_uploads(self, job_id: str, files: Mapping[str, BinaryIO], max_bytes: int) -> dict[str, dict[str, Any]]:
         """Copy each upload part (``weights``, ``dataset``) in chunks into the job's upload directory.

@@ -79,6 +79,12 @@ def test_image_installs_pinned_torch_first_and_runs_as_non_root():
     project_at = DOCKERFILE.index("pip install '.[service]'")
     assert torch_at < project_at
     assert DOCKERFILE.startswith("# ") and "FROM python:3.11" in DOCKERFILE
-    user = re.findall(r"^USER (\S+)", DOCKERFILE, re.M)
-    assert user and user[-1] not in ("root", "0")
+    users = re.findall(r"^USER\s+(\S+)", DOCKERFILE, re.M)
+    assert users, "the image must switch to a non-root user"
+    user = users[-1].split(":")[0]  # the last USER is the one the container runs as; USER 0:0 is root too
+    assert user not in ("root", "0")
+    created = re.search(rf"useradd\b[^\n]*?(?:--uid\s+(\d+)\b[^\n]*)?\b{user}\b", DOCKERFILE)
+    assert created, f"USER {user} is never created"
+    assert created.group(1) != "0", "a user with uid 0 is root under another name"
+    assert re.search(rf"chown\s+{user}(:\S+)?\s+/data\b", DOCKERFILE), "the user must be able to write /data"
     assert "VDC_DATA_DIR=/data" in DOCKERFILE

@@ -26,6 +26,14 @@ class DataError(ValueError):
     """A dataset that cannot train the model; the message says what is wrong and how to fix it."""
 
 
+class DataTooLarge(DataError):
+    """A dataset over a size limit; ``limit`` names the argument it passed (``max_bytes`` or ``max_samples``)."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Training examples and, when there are any, validation examples; ``x`` is float32, ``y`` int64."""
@@ -54,9 +62,16 @@ class Dataset:
         return int(labels.max()) + 1
 
 
-def _npz_members(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shapes and dtypes of an npz's arrays, read from their headers without decompressing the data."""
+def _npz_members(
+    path: Path, max_bytes: int, max_samples: int | None = None
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shapes and dtypes of an npz's arrays, read from their headers without decompressing the data.
+
+    ``DataTooLarge`` if the arrays would take more than ``max_bytes`` or hold more than ``max_samples`` examples
+    (``x`` and ``x_val`` together).
+    """
     members = {}
+    stored = {}  # bytes after each header, by the zip's directory: zipfile never inflates a member past them
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
@@ -67,6 +82,7 @@ def _npz_members(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...],
                         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
                     else:
                         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    stored[name] = info.file_size - f.tell()
                 members[name] = (shape, dtype)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise DataError(
@@ -79,15 +95,31 @@ def _npz_members(path: Path, max_bytes: int) -> dict[str, tuple[tuple[int, ...],
                 f"array '{name}' holds Python objects (it would need pickle, which is refused); "
                 "save plain numeric arrays"
             )
+        if any(size < 0 for size in shape):  # a negative size would also offset the others in the sums below
+            raise DataError(f"array '{name}' declares shape {list(shape)}; the file is damaged, save it again")
         declared += math.prod(shape) * dtype.itemsize
     if declared > max_bytes:
-        raise DataError(f"the arrays would take {declared:,} bytes once loaded, more than the {max_bytes:,} allowed")
+        raise DataTooLarge(
+            f"the arrays would take {declared:,} bytes once loaded, more than the {max_bytes:,} allowed", "max_bytes"
+        )
+    samples = sum(members[key][0][0] for key in ("x", "x_val") if key in members and members[key][0])
+    if max_samples is not None and samples > max_samples:
+        raise DataTooLarge(
+            f"the dataset holds {samples:,} examples (x and x_val), more than the {max_samples:,} allowed",
+            "max_samples",
+        )
+    for name, (shape, dtype) in members.items():
+        if math.prod(shape) * dtype.itemsize != stored[name]:
+            raise DataError(
+                f"array '{name}' declares shape {list(shape)} of {dtype} ({math.prod(shape) * dtype.itemsize:,} "
+                f"bytes) but its file holds {stored[name]:,} bytes of data; the file is damaged, save it again"
+            )
     return members
 
 
 def _as_examples(x: np.ndarray, part: str, input_shape: Sequence[int]) -> Tensor:
     """Examples as float32 shaped ``(N, *input_shape)``; a flat ``(N, features)`` array is reshaped."""
-    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+    if x.dtype.kind not in "iuf":  # not complex, bool, timedelta (which numpy counts as an integer) or text
         raise DataError(f"'{part}' must hold real numbers, it holds {x.dtype}")
     shape = tuple(input_shape)
     if x.ndim < 1 or x.shape[1:] != shape:
@@ -98,7 +130,8 @@ def _as_examples(x: np.ndarray, part: str, input_shape: Sequence[int]) -> Tensor
                 f"'{part}' has shape {list(x.shape)}, but the model takes examples of shape {list(shape)}: "
                 f"give an array of shape [N, {', '.join(map(str, shape))}] (or [N, {math.prod(shape)}])"
             )
-    values = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported just below
+        values = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     finite = torch.isfinite(values)
     if not bool(finite.all()):
         raise DataError(f"'{part}' holds {int((~finite).sum())} NaN or infinite value(s); clean or drop them")
@@ -111,10 +144,10 @@ def _as_labels(y: np.ndarray, part: str, count: int, num_classes: int) -> Tensor
         raise DataError(
             f"'{part}' must be a 1-d array of {count} class indices (one per example), got shape {list(y.shape)}"
         )
-    if np.issubdtype(y.dtype, np.floating):
+    if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             raise DataError(f"'{part}' must hold integer class indices, it holds non-integer values")
-    elif not np.issubdtype(y.dtype, np.integer):
+    elif y.dtype.kind not in "iu":  # timedelta64 is a numpy integer, but no class index
         raise DataError(f"'{part}' must hold integer class indices, it holds {y.dtype}")
     if count and (y.min() < 0 or y.max() >= num_classes):
         raise DataError(
@@ -122,6 +155,22 @@ def _as_labels(y: np.ndarray, part: str, count: int, num_classes: int) -> Tensor
             f"labels must lie in 0..{num_classes - 1}"
         )
     return torch.from_numpy(y.astype(np.int64))
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_model(input_shape: object, num_classes: object) -> None:
+    """The model's side as ``load_npz``'s caller gave it (a job's spec, not checked yet); None: from the data."""
+    if input_shape is not None and (
+        not isinstance(input_shape, Sequence) or isinstance(input_shape, str) or not all(map(_is_count, input_shape))
+    ):
+        raise DataError(
+            f"input_shape must be a list of positive integers ([features] or [C, H, W]), got {input_shape!r}"
+        )
+    if num_classes is not None and not _is_count(num_classes):
+        raise DataError(f"num_classes must be an integer (the number of classes), got {num_classes!r}")
 
 
 def from_arrays(
@@ -149,14 +198,18 @@ def load_npz(
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_samples: int | None = None,
 ) -> Dataset:
     """Read an ``.npz`` with arrays ``x``, ``y`` (and optionally ``x_val``, ``y_val``), never unpickling.
 
     ``input_shape`` and ``num_classes`` are the model's; left out, they are taken from the data (the shape of
-    an example of ``x``, the largest label + 1).
+    an example of ``x``, the largest label + 1). ``max_bytes`` (the arrays' size once decompressed) and
+    ``max_samples`` (examples in ``x`` and ``x_val``) are checked from the arrays' headers before any data is
+    read; ``DataTooLarge`` names the one that was passed.
     """
     path = Path(path)
-    members = _npz_members(path, max_bytes)
+    _check_model(input_shape, num_classes)
+    members = _npz_members(path, max_bytes, max_samples)
     unknown = sorted(set(members) - set(_NPZ_KEYS))
     if unknown:
         raise DataError(f"unexpected array(s) {unknown} in the .npz; it may hold only {list(_NPZ_KEYS)}")
@@ -175,7 +228,7 @@ def load_npz(
 def _label_count(arrays: dict[str, np.ndarray]) -> int:
     """Classes implied by the labels (largest + 1), for a model whose class count is not given."""
     labels = [arrays[k] for k in ("y", "y_val") if k in arrays and arrays[k].size]
-    if not labels or not all(np.issubdtype(y.dtype, np.number) for y in labels):
+    if not labels or not all(y.dtype.kind in "iuf" for y in labels):
         return 0  # from_arrays then explains what is wrong with y
     top = max(float(np.nanmax(y)) for y in labels)
     return int(top) + 1 if np.isfinite(top) and top >= 1 else 2

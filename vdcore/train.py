@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -95,18 +98,59 @@ def evaluate(model: nn.Module, data: Data, batch_size: int = 1000, device: torch
     return correct / total if total else float("nan")
 
 
+def _rng_states(device: torch.device, generator: torch.Generator) -> dict[str, Tensor]:
+    states = {"cpu": torch.get_rng_state(), "shuffle": generator.get_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict[str, Tensor], device: torch.device, generator: torch.Generator) -> None:
+    torch.set_rng_state(states["cpu"])
+    generator.set_state(states["shuffle"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a run killed while writing leaves the previous checkpoint whole."""
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def _load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if there is one; ``ValueError`` if it belongs to another run."""
+    if not path.is_file():
+        return None
+    # weights_only: tensors, numbers, strings and containers only; nothing in the file can run code.
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("identity") != identity:
+        raise ValueError(
+            f"the checkpoint {path} was written by a run with other settings ({state.get('identity')}, now "
+            f"{identity}); delete it to start over"
+        )
+    return state
+
+
 def train(
     model: nn.Module,
     train: Data,
     val: Data | None = None,
     config: TrainConfig | None = None,
     on_epoch: OnEpoch | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> list[EpochMetrics]:
     """Train ``model`` on the negative ELBO and return the metrics of each epoch.
 
     ``train`` and ``val`` are ``(x, y)`` tensors or DataLoaders. ``on_epoch`` gets each epoch's metrics;
     returning ``True`` stops training after that epoch. A model without Sparse VD layers trains on the data
     term alone, which is how a dense baseline is made. The model is moved to the configured device.
+
+    With ``checkpoint`` (a file path), the model, optimizer, random states and history are saved there after
+    every epoch, and a run that finds the file resumes after its last epoch: an interrupted run continued
+    this way ends where an uninterrupted one would. The returned history then includes the earlier epochs,
+    while ``on_epoch`` sees only the new ones.
     """
     config = config or TrainConfig()
     device = resolve_device(config.device)
@@ -121,8 +165,18 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     history: list[EpochMetrics] = []
-    step = 0
-    for epoch in range(config.epochs):
+    step = start = 0
+    path = Path(checkpoint) if checkpoint is not None else None
+    identity = {"config": asdict(config), "examples": dataset_size, "steps_per_epoch": steps_per_epoch}
+    saved = _load_checkpoint(path, identity) if path is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        _set_rng_states(saved["rng"], device, generator)
+        history = [EpochMetrics(**metrics) for metrics in saved["history"]]
+        start = len(history)
+        step = start * steps_per_epoch
+    for epoch in range(start, config.epochs):
         started = time.perf_counter()
         model.train()
         # Sums stay on the device so that a GPU step never waits for the host.
@@ -163,6 +217,14 @@ def train(
             seconds=time.perf_counter() - started,
         )
         history.append(metrics)
+        if path is not None:
+            _save_checkpoint(path, {
+                "identity": identity,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_states(device, generator),
+                "history": [m.to_dict() for m in history],
+            })
         if on_epoch is not None and on_epoch(metrics):
             break
     model.eval()

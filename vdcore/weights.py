@@ -13,6 +13,10 @@ from torch import nn
 
 # BatchNorm's step counter is bookkeeping, not a weight: a file may leave it out.
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+# A header entry takes ~100 bytes per tensor; the rest is room for metadata. Parsing takes many times a header's
+# size in memory (a 67 MB one: 15 s and over 1 GB), so a header may not be longer than its model can need.
+_HEADER_BYTES_BASE = 64 << 10
+_HEADER_BYTES_PER_TENSOR = 1 << 10
 
 
 class WeightsError(ValueError):
@@ -28,16 +32,34 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     tmp.replace(path)
 
 
+def _check_header_size(path: str | os.PathLike[str], tensors: int) -> None:
+    """Refuse a header longer than ``tensors`` tensors need, from its 8-byte length, before it is parsed."""
+    try:
+        with open(path, "rb") as f:
+            declared = int.from_bytes(f.read(8), "little")
+    except OSError as error:
+        raise WeightsError(f"the weights file cannot be read ({error})") from None
+    limit = _HEADER_BYTES_BASE + _HEADER_BYTES_PER_TENSOR * tensors
+    if declared > limit:
+        raise WeightsError(
+            f"not a readable safetensors file for this model: its header declares {declared:,} bytes, more than "
+            f"the {limit:,} that {tensors} tensors need; save the model's state_dict() with "
+            "safetensors.torch.save_file"
+        )
+
+
 def check_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Check that a safetensors file fits ``model`` (names, shapes, dtypes) by reading only its header."""
     expected = model.state_dict()
     problems: list[str] = []
+    _check_header_size(path, len(expected))
     try:
         with safe_open(str(path), framework="pt") as f:
-            found = {key: f.get_slice(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-            for key, part in found.items():
+            found = list(f.keys())
+            for key in found:
                 if key not in expected:
                     continue
+                part = f.get_slice(key)
                 shape, dtype = tuple(part.get_shape()), part.get_dtype()
                 if shape != tuple(expected[key].shape):
                     problems.append(f"'{key}' has shape {list(shape)}, the model needs {list(expected[key].shape)}")
@@ -47,7 +69,8 @@ def check_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
         raise WeightsError(
             f"not a readable safetensors file ({error}); save it with safetensors.torch.save_file"
         ) from None
-    missing = [k for k in expected if k not in found and not k.endswith(_OPTIONAL_SUFFIXES)]
+    present = set(found)
+    missing = [k for k in expected if k not in present and not k.endswith(_OPTIONAL_SUFFIXES)]
     unexpected = [k for k in found if k not in expected]
     if missing:
         problems.append(f"missing tensors {missing[:10]}{' ...' if len(missing) > 10 else ''}")

@@ -12,6 +12,8 @@ from celery import Celery
 
 from service.core.config import Settings, get_settings
 
+HARD_LIMIT_GRACE_S = 600
+
 
 def broker_options(settings: Settings) -> tuple[str, dict[str, Any]]:
     """The broker URL and transport options: the configured broker, or the embedded folder broker."""
@@ -41,7 +43,9 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    task_time_limit=settings.job_time_limit_s,
+    # The pipeline stops a job over its time limit at an epoch's end; this kill is the backstop for one epoch
+    # that never ends.
+    task_time_limit=settings.job_time_limit_s + HARD_LIMIT_GRACE_S,
     task_serializer="json",
     accept_content=["json"],
     task_ignore_result=True,  # outcomes live in the job store

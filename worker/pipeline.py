@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,15 @@ from torch import nn
 
 import vdcore
 from vdcore.config import SVDConfig, TrainConfig, _DictMixin
-from vdcore.data import Dataset, load_builtin, load_idx_dir, load_npz, split_validation
+from vdcore.data import (
+    DEFAULT_MAX_BYTES,
+    Dataset,
+    DataTooLarge,
+    load_builtin,
+    load_idx_dir,
+    load_npz,
+    split_validation,
+)
 from vdcore.latency import measure_latency
 from vdcore.shrink import layer_widths, shrink
 from vdcore.spec import ModelPlan, SpecError, plan_model
@@ -32,6 +41,14 @@ ARTIFACTS = ("model.onnx", "baseline.onnx", "report.json", "weights.safetensors"
 
 class JobError(ValueError):
     """A job that cannot run as asked; the message is for the user and says what to change."""
+
+
+class JobTooLarge(JobError):
+    """A job whose uploaded data passes one of ``prepare``'s size limits; ``limit`` is that argument's name."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class Cancelled(Exception):
@@ -97,25 +114,35 @@ class Prepared:
 
 Progress = Callable[[dict[str, Any]], bool | None]
 
+# ``prepare``'s argument for each of ``load_npz``'s limits.
+_DATASET_LIMITS = {"max_bytes": "max_dataset_bytes", "max_samples": "max_dataset_samples"}
 
-def _load_dataset(source: dict[str, str], input_shape: Any, num_classes: Any) -> Dataset:
+
+def _load_dataset(
+    source: dict[str, str], input_shape: Any, num_classes: Any, *, max_bytes: int, max_samples: int | None
+) -> Dataset:
     if not isinstance(source, dict) or len(source) != 1:
         raise JobError("dataset must be one of {'builtin': name}, {'npz': path} or {'idx_dir': path}")
     (kind, value), = source.items()
     if kind == "builtin":
         return load_builtin(value)
     if kind == "npz":
-        return load_npz(value, input_shape, num_classes)
+        return load_npz(value, input_shape, num_classes, max_bytes=max_bytes, max_samples=max_samples)
     if kind == "idx_dir":
         return load_idx_dir(value)
     raise JobError(f"unknown dataset kind {kind!r}; use 'builtin', 'npz' or 'idx_dir'")
 
 
-def prepare(job: JobInput) -> Prepared:
+def prepare(
+    job: JobInput, *, max_dataset_bytes: int = DEFAULT_MAX_BYTES, max_dataset_samples: int | None = None
+) -> Prepared:
     """Check a job's model, weights and data against each other, raising ``JobError`` for what does not fit.
 
-    A preset takes its input shape and class count from the data unless they are given.
+    A preset takes its input shape and class count from the data unless they are given. An npz dataset larger
+    than ``max_dataset_bytes`` once decompressed, or with more than ``max_dataset_samples`` examples, is refused
+    from its headers before it is read (``JobTooLarge``).
     """
+    load_dataset = partial(_load_dataset, job.dataset, max_bytes=max_dataset_bytes, max_samples=max_dataset_samples)
     model = job.model
     if not isinstance(model, dict) or len(model.keys() & {"preset", "spec"}) != 1:
         raise JobError("model must be {'preset': name, ...options} or {'spec': {...}}")
@@ -126,11 +153,13 @@ def prepare(job: JobInput) -> Prepared:
             spec = model["spec"]
             if not isinstance(spec, dict):
                 raise JobError("model.spec must be an object with input_shape, num_classes and layers")
-            dataset = _load_dataset(job.dataset, spec.get("input_shape"), spec.get("num_classes"))
+            dataset = load_dataset(spec.get("input_shape"), spec.get("num_classes"))
         else:
-            dataset = _load_dataset(job.dataset, model.get("input_shape"), model.get("num_classes"))
+            dataset = load_dataset(model.get("input_shape"), model.get("num_classes"))
             spec = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes} | model
         plan = plan_model(spec)
+    except DataTooLarge as error:
+        raise JobTooLarge(str(error), _DATASET_LIMITS[error.limit]) from None
     except (SpecError, ValueError) as error:
         raise JobError(str(error)) from None
     if tuple(dataset.input_shape) != plan.input_shape:
@@ -167,33 +196,56 @@ def _notify(on_progress: Progress | None, event: dict[str, Any]) -> None:
 
 
 def _train_stage(
-    stage: str, model: nn.Module, data: Prepared, config: TrainConfig, on_progress: Progress | None
-) -> list[dict[str, Any]]:
-    """Train and report each epoch as a progress event; a truthy answer from ``on_progress`` cancels."""
-    history: list[dict[str, Any]] = []
+    stage: str,
+    model: nn.Module,
+    data: Prepared,
+    config: TrainConfig,
+    on_progress: Progress | None,
+    checkpoint_dir: Path | None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Train and report each epoch as a progress event; a truthy answer from ``on_progress`` cancels.
+
+    Returns the history and the epoch the stage resumed after (0 for a fresh start): with ``checkpoint_dir``
+    each epoch is saved there, and a rerun of the job continues from the last one.
+    """
+    new_epochs = 0
     cancelled = False
 
     def on_epoch(metrics: vdcore.EpochMetrics) -> bool:
-        nonlocal cancelled
-        history.append(metrics.to_dict())
+        nonlocal cancelled, new_epochs
+        new_epochs += 1
         cancelled = bool(on_progress and on_progress({"stage": stage, **metrics.to_dict()}))
         return cancelled
 
-    vdcore.train(model, data.dataset.train, data.dataset.val, config, on_epoch=on_epoch)
+    checkpoint = checkpoint_dir / f"{stage}.ckpt" if checkpoint_dir is not None else None
+    history = vdcore.train(
+        model, data.dataset.train, data.dataset.val, config, on_epoch=on_epoch, checkpoint=checkpoint
+    )
     if cancelled:
         raise Cancelled
-    return history
+    return [metrics.to_dict() for metrics in history], len(history) - new_epochs
 
 
-def run(job: JobInput, out_dir: str | os.PathLike[str], on_progress: Progress | None = None) -> dict[str, Any]:
+def run(
+    job: JobInput,
+    out_dir: str | os.PathLike[str],
+    on_progress: Progress | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
     """Compress one model and write ``ARTIFACTS`` and the plots named in the report into ``out_dir``; returns
     the report.
 
-    ``on_progress`` receives stage and epoch events; returning ``True`` cancels the job (``Cancelled``).
+    ``on_progress`` receives stage and epoch events; returning ``True`` cancels the job (``Cancelled``). With
+    ``checkpoint_dir``, training saves every epoch there and a rerun of the same job resumes from the last
+    one (the report's ``resumed_after_epoch`` says where).
     """
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if checkpoints is not None:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    resumed = {"pretraining": 0, "training": 0}
     options = job.options
     data = prepare(job)
     device = vdcore.resolve_device(options.device)
@@ -209,7 +261,9 @@ def run(job: JobInput, out_dir: str | os.PathLike[str], on_progress: Progress | 
     elif options.pretrain_epochs:
         _notify(on_progress, {"stage": "pretraining"})
         mark = time.perf_counter()
-        pretrain = _train_stage("pretraining", model, data, options.train_config(options.pretrain_epochs), on_progress)
+        pretrain, resumed["pretraining"] = _train_stage(
+            "pretraining", model, data, options.train_config(options.pretrain_epochs), on_progress, checkpoints
+        )
         timings["pretraining_s"] = time.perf_counter() - mark
     model.to(device).eval()
     accuracy_before = vdcore.evaluate(model, evaluation)
@@ -218,7 +272,9 @@ def run(job: JobInput, out_dir: str | os.PathLike[str], on_progress: Progress | 
     _notify(on_progress, {"stage": "training"})
     mark = time.perf_counter()
     vdcore.sparsify_(model, options.svd_config())
-    history = _train_stage("training", model, data, options.train_config(), on_progress)
+    history, resumed["training"] = _train_stage(
+        "training", model, data, options.train_config(), on_progress, checkpoints
+    )
     timings["training_s"] = time.perf_counter() - mark
 
     _notify(on_progress, {"stage": "exporting"})
@@ -266,6 +322,7 @@ def run(job: JobInput, out_dir: str | os.PathLike[str], on_progress: Progress | 
         "onnx_parity_max_abs_diff": {"baseline": baseline.max_abs_diff, "model": compressed.max_abs_diff},
         "latency": latency,
         "history": {"pretraining": pretrain, "training": history},
+        "resumed_after_epoch": resumed,
         "timings": timings,
     }
     report["plots"] = draw_plots(report, pruned, data.plan.input_shape, out)

@@ -25,6 +25,6 @@ def _sessions() -> sessionmaker[Session]:
 def compress_job(job_id: str) -> str:
     # Workers share the machine's cores; torch would otherwise start one thread per core in each of them.
     torch.set_num_threads(settings.torch_threads)
-    storage = Storage(upload_dir=settings.upload_dir, artifact_dir=settings.artifact_dir)
+    storage = Storage.from_settings(settings)
     storage.create_dirs()
-    return execute_job(job_id, sessions=_sessions(), storage=storage, max_attempts=settings.max_attempts)
+    return execute_job(job_id, sessions=_sessions(), storage=storage, settings=settings)

@@ -7,10 +7,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException
 
 from service.errors import ServiceError
 
@@ -45,6 +47,16 @@ async def _invalid_parameters(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": describe_errors(exc.errors())}, status_code=422)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's answers, with its bare "Not Found" for a path no route has made specific."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        path = request.url.path
+        shown = path if len(path) <= 200 else f"{path[:200]}..."
+        exc = HTTPException(404, f"no such path {shown!r}; the API's paths are listed at /docs", exc.headers)
+    return await http_exception_handler(request, exc)
+
+
 async def _database_down(request: Request, exc: Exception) -> JSONResponse:
     logger.error("database error on %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse({"detail": "database unavailable; try again shortly"}, status_code=503)
@@ -57,6 +69,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _unexpected)

@@ -13,12 +13,13 @@ from typing import Any, BinaryIO
 
 from fastapi import Request
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.types import Message
 
 from service.api.errors import describe_errors
 from service.core.config import Settings
-from service.errors import InvalidJob, TooLarge, UnsupportedMediaType
+from service.errors import InvalidJob, ServiceError, TooLarge, UnsupportedMediaType
 from service.models import JobRequest
 from service.storage import UPLOADS
 
@@ -81,6 +82,27 @@ def _limited(request: Request, limit: int, what: str) -> Request:
     return Request(request.scope, receive)
 
 
+async def _read_form(request: Request, settings: Settings) -> FormData:
+    """The parts, files spooled to temporary files. Starlette's 400 for a body it cannot parse says little
+    ("Invalid multipart data.", a size in KB): the answer names the parser's reason and the limit in bytes."""
+    limit = settings.max_upload_bytes + settings.max_json_bytes + MULTIPART_OVERHEAD_BYTES
+    limited = _limited(request, limit, "a job and its uploads")
+    try:
+        return await limited.form(max_files=len(PARTS), max_fields=len(PARTS), max_part_size=settings.max_json_bytes)
+    except HTTPException as error:
+        if "exceeded maximum size" in str(error.detail):
+            raise TooLarge(
+                f"a part without a filename is larger than the {settings.max_json_bytes:,} bytes allowed: send "
+                "files as files (with curl: -F dataset=@path)"
+            ) from None
+        cause = error.__context__.__cause__ if error.__context__ is not None else None
+        reason = str(error.detail).rstrip(".") + (f": {cause}" if cause is not None else "")
+        raise ServiceError(
+            f"cannot read the multipart/form-data body: {reason}. Send a part 'request' (the job as JSON) and "
+            "optionally the files 'weights' and 'dataset' (with curl: -F request=@job.json -F dataset=@data.npz)"
+        ) from None
+
+
 async def _read_json_body(request: Request, settings: Settings) -> Submission:
     body = await _limited(request, settings.max_json_bytes, "a JSON job request").body()
     return Submission(parse_job_request(body), {})
@@ -98,9 +120,7 @@ async def read_submission(request: Request) -> AsyncIterator[Submission]:
             f"unsupported Content-Type {content_type or '(none)'}: send multipart/form-data (a 'request' JSON "
             "part, optional 'weights' and 'dataset' files) or application/json"
         )
-    limit = settings.max_upload_bytes + settings.max_json_bytes + MULTIPART_OVERHEAD_BYTES
-    limited = _limited(request, limit, "a job and its uploads")
-    form = await limited.form(max_files=len(PARTS), max_fields=len(PARTS), max_part_size=settings.max_json_bytes)
+    form = await _read_form(request, settings)
     try:
         parts: dict[str, str | UploadFile] = {}
         for name, value in form.multi_items():

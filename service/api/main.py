@@ -19,6 +19,7 @@ from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import artifacts, health, jobs
 from service.core.config import Settings, get_settings
 from service.db import create_db_engine, create_sessionmaker, ping, upgrade_database
+from service.reconciler import Reconciler
 from service.storage import Storage
 from service.submission import Dispatch
 
@@ -32,21 +33,31 @@ def create_app(
 ) -> FastAPI:
     """The API. At start-up it migrates the database to the newest schema and creates the storage directories.
 
-    Without ``dispatch`` jobs are recorded and stay queued; without ``broker_check`` /readyz checks only the
-    database.
+    Without ``dispatch`` jobs are recorded and stay queued; with it, a reconciler thread requeues the jobs of
+    dead workers and re-sends jobs the broker lost (``service.reconciler``). Without ``broker_check`` /readyz
+    checks only the database.
     """
     settings = settings or get_settings()
     engine = create_db_engine(settings.database_url)
     factory = create_sessionmaker(engine)
-    storage = Storage(upload_dir=settings.upload_dir, artifact_dir=settings.artifact_dir)
+    storage = Storage.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upgrade_database(settings.database_url)
         storage.create_dirs()
+        reconciler = None
         if dispatch is None:
             logger.warning("no dispatcher: jobs are recorded but no worker is told to run them")
+        elif settings.reconcile_interval_s > 0:
+            reconciler = Reconciler(
+                factory, dispatch, interval_s=settings.reconcile_interval_s,
+                redispatch_after_s=settings.redispatch_after_s,
+            )
+            reconciler.start()
         yield
+        if reconciler is not None:
+            reconciler.stop()
         engine.dispose()
 
     app = FastAPI(

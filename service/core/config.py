@@ -50,17 +50,54 @@ class Settings(BaseSettings):
     page_size_max: int = Field(100, gt=0, description="most jobs returned by one GET /v1/jobs")
     torch_threads: int = Field(1, gt=0, description="threads each worker process gives torch; workers share cores")
     max_attempts: int = Field(3, gt=0, description="runs of a job (first one and redeliveries) before it fails")
-    job_time_limit_s: int = Field(6 * 3600, gt=0, description="wall-clock seconds a job may run")
+    job_time_limit_s: float = Field(6 * 3600, gt=0, description="wall-clock seconds a job may run")
+    checkpoint_dir: Path = Field(description="running jobs' epoch checkpoints; default: data_dir/checkpoints")
+    lease_s: float = Field(
+        60, gt=0, description="a worker holds a running job this long after its last heartbeat; then the job is "
+        "requeued, as its worker is presumed dead"
+    )
+    heartbeat_s: float = Field(10, gt=0, description="how often a worker renews the lease of the job it runs")
+    redispatch_after_s: float = Field(
+        300, gt=0, description="a job queued this long without being picked up is handed to the broker again "
+        "(the wait doubles with each hand-over, up to an hour): covers messages a broker lost"
+    )
+    reconcile_interval_s: float = Field(
+        15, ge=0, description="how often the API looks for lost and stalled jobs; 0 turns the reconciler off"
+    )
+    max_active_jobs_per_owner: int = Field(10, gt=0, description="queued and running jobs one owner may have at once")
+    max_storage_bytes_per_owner: int = Field(
+        5 * 1024 * MiB, gt=0, description="disk one owner's jobs may use: their uploads and artifacts together"
+    )
+    max_dataset_samples: int = Field(
+        2_000_000, gt=0, description="examples (x and x_val together) in a job's uploaded dataset"
+    )
+    max_dataset_bytes: int = Field(
+        2 * 1024 * MiB, gt=0, description="size of a job's uploaded dataset once decompressed, read from its headers"
+    )
+    max_epochs: int = Field(1000, gt=0, description="epochs a job may train: epochs plus pretrain_epochs that run")
 
     @model_validator(mode="before")
     @classmethod
     def _derive_paths(cls, values: dict[str, Any]) -> dict[str, Any]:
         data_dir = Path(values.get("data_dir") or cls.model_fields["data_dir"].default).resolve()
         values["data_dir"] = data_dir
-        for key, default in (("artifact_dir", data_dir / "artifacts"), ("upload_dir", data_dir / "uploads")):
+        for key, default in (
+            ("artifact_dir", data_dir / "artifacts"),
+            ("upload_dir", data_dir / "uploads"),
+            ("checkpoint_dir", data_dir / "checkpoints"),
+        ):
             values[key] = Path(values.get(key) or default).resolve()
         values["database_url"] = values.get("database_url") or f"sqlite:///{data_dir / 'vdc.db'}"
         return values
+
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> Settings:
+        if self.lease_s < 2 * self.heartbeat_s:
+            raise ValueError(
+                f"VDC_LEASE_S ({self.lease_s}) must be at least twice VDC_HEARTBEAT_S ({self.heartbeat_s}), or a "
+                "live worker's job would be taken from it after one late heartbeat"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -73,20 +73,42 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+class RedisServer:
+    """A redis-server without persistence on a fixed port, which a test may stop and start again: a restart
+    loses every message it held, as a crashed broker without persistence does."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary, self.folder, self.port = binary, folder, free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for(lambda: _accepts(self.port), 20, "redis-server")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    binary = require_binary("redis-server", ["redis-server"])
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(require_binary("redis-server", ["redis-server"]), tmp_path)
+    server.start()
     try:
-        wait_for(lambda: _accepts(port), 20, "redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server
     finally:
-        stop(process)
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 def _accepts(port: int) -> bool:
@@ -97,29 +119,51 @@ def _accepts(port: int) -> bool:
         return False
 
 
+class PostgresServer:
+    """A throwaway PostgreSQL cluster that a test may stop and start again. Debian keeps initdb and pg_ctl in
+    the versioned lib folder, and they refuse to run as root, so as root they run as the ``postgres`` user, in
+    a folder of their own (pytest's temporary folders are closed to other users)."""
+
+    def __init__(self, initdb: str) -> None:
+        self.pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+        self.folder = Path(tempfile.mkdtemp(prefix="vdc-pg-"))
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.folder, "postgres")
+        self.data, self.port = self.folder / "data", free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        subprocess.run([*self.as_owner, initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres"], check=True,
+                       capture_output=True)
+
+    def _ctl(self, *args: str, check: bool = True) -> None:
+        subprocess.run([*self.as_owner, self.pg_ctl, "-D", str(self.data), *args], check=check, capture_output=True)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._ctl("-o", options, "-l", str(self.folder / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "immediate", "stop", check=False)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster. Debian keeps initdb and pg_ctl in the versioned lib folder, and they
-    refuse to run as root, so as root they run as the ``postgres`` user, in a folder of their own (pytest's
-    temporary folders are closed to other users)."""
-    initdb = require_binary("PostgreSQL (initdb)", ["initdb", "/usr/lib/postgresql/*/bin/initdb"])
-    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
-    folder = Path(tempfile.mkdtemp(prefix="vdc-pg-"))
-    as_owner: list[str] = []
-    if os.geteuid() == 0:
-        as_owner = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(folder, "postgres")
-    data, port = folder / "data", free_port()
-    subprocess.run([*as_owner, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
-                   capture_output=True)
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_owner, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"],
-                   check=True, capture_output=True)
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer(require_binary("PostgreSQL (initdb)", ["initdb", "/usr/lib/postgresql/*/bin/initdb"]))
+    server.start()
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield server
     finally:
-        subprocess.run([*as_owner, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    return postgres_server.url
 
 
 def create_key(env: dict[str, str], owner: str = "alice") -> dict[str, str]:

@@ -1,10 +1,12 @@
 """The job store without HTTP: idempotency, state transitions, cancelling, owners, pagination, progress."""
 
+from datetime import timedelta
+
 import pytest
 
 from service import jobs
 from service.errors import JobConflict, NotFound
-from service.models import JobOptionsRequest
+from service.models import JobOptionsRequest, utcnow
 from tests.service.conftest import digits_request
 from worker.pipeline import JobOptions
 
@@ -76,31 +78,70 @@ def test_list_is_newest_first_and_paginated(session):
 
 def test_a_job_runs_then_succeeds(session):
     job = new_job(session)
-    running = jobs.mark_running(session=session, job_id=job.id)
+    running = jobs.claim(session=session, job_id=job.id, lease_s=60)
     assert running.state == "running" and running.attempts == 1 and running.started_at is not None
-    done = jobs.mark_succeeded(session=session, job_id=job.id)
+    done = jobs.mark_succeeded(session=session, job_id=job.id, attempt=1)
     assert done.state == "succeeded" and done.finished_at >= done.started_at
 
 
-def test_a_redelivered_job_counts_another_attempt(session):
+def test_a_duplicate_delivery_finds_the_job_taken(session):
     job = new_job(session)
-    jobs.mark_running(session=session, job_id=job.id)
-    assert jobs.mark_running(session=session, job_id=job.id).attempts == 2
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
+    assert jobs.claim(session=session, job_id=job.id, lease_s=60) is None
+
+
+def test_an_orphaned_job_is_requeued_once_its_lease_runs_out_and_claimed_for_another_attempt(session):
+    job = new_job(session)
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
+    assert jobs.requeue_orphans(session=session, now=utcnow()) == []  # the lease still runs
+    later = utcnow() + timedelta(seconds=61)
+    assert jobs.requeue_orphans(session=session, now=later) == [job.id]
+    assert jobs.requeue_orphans(session=session, now=later) == []  # a second reconciler finds nothing
+    requeued = jobs.get_job(session=session, owner="alice", job_id=job.id)
+    assert requeued.state == "queued" and requeued.progress["stage"] == "requeued"
+    assert jobs.claim(session=session, job_id=job.id, lease_s=60).attempts == 2
+
+
+def test_a_worker_that_lost_its_job_can_no_longer_write_it(session):
+    job = new_job(session)
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
+    jobs.requeue_orphans(session=session, now=utcnow() + timedelta(seconds=61))
+    jobs.claim(session=session, job_id=job.id, lease_s=60)  # attempt 2, on another worker
+    assert not jobs.renew_lease(session=session, job_id=job.id, attempt=1, lease_s=60)
+    assert jobs.record_progress(session=session, job_id=job.id, event={"stage": "training"}, attempt=1)
+    with pytest.raises(JobConflict):
+        jobs.mark_succeeded(session=session, job_id=job.id, attempt=1)
+    assert jobs.renew_lease(session=session, job_id=job.id, attempt=2, lease_s=60)
+    assert jobs.mark_succeeded(session=session, job_id=job.id, attempt=2).state == "succeeded"
+
+
+def test_queued_jobs_are_dispatched_again_with_a_growing_wait(session):
+    job = new_job(session)
+    created = jobs.get_job(session=session, owner="alice", job_id=job.id).dispatched_at
+    assert jobs.redispatch_due(session=session, now=created + timedelta(seconds=9), after_s=10) == []
+    assert jobs.redispatch_due(session=session, now=created + timedelta(seconds=10), after_s=10) == [job.id]
+    second = created + timedelta(seconds=10)
+    # The second wait is twice the first; a concurrent reconciler does not dispatch the job again.
+    assert jobs.redispatch_due(session=session, now=second + timedelta(seconds=19), after_s=10) == []
+    assert jobs.redispatch_due(session=session, now=second + timedelta(seconds=20), after_s=10) == [job.id]
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
+    assert jobs.redispatch_due(session=session, now=second + timedelta(days=1), after_s=10) == []
 
 
 @pytest.mark.parametrize("finish", ["succeeded", "failed", "cancelled"])
 def test_a_finished_job_never_moves_again(session, finish):
     job = new_job(session)
-    jobs.mark_running(session=session, job_id=job.id)
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
     if finish == "succeeded":
-        jobs.mark_succeeded(session=session, job_id=job.id)
+        jobs.mark_succeeded(session=session, job_id=job.id, attempt=1)
     elif finish == "failed":
         jobs.mark_failed(session=session, job_id=job.id, message="boom")
     else:
         jobs.mark_cancelled(session=session, job_id=job.id)
-    for move in (jobs.mark_running, jobs.mark_succeeded, jobs.mark_cancelled):
+    assert jobs.claim(session=session, job_id=job.id, lease_s=60) is None
+    for move in (jobs.mark_succeeded, jobs.mark_cancelled):
         with pytest.raises(JobConflict, match=f"is {finish} and cannot become"):
-            move(session=session, job_id=job.id)
+            move(session=session, job_id=job.id, attempt=1)
     with pytest.raises(JobConflict):
         jobs.mark_failed(session=session, job_id=job.id, message="again")
     assert jobs.get_job(session=session, owner="alice", job_id=job.id).state == finish
@@ -109,32 +150,32 @@ def test_a_finished_job_never_moves_again(session, finish):
 def test_a_queued_job_cannot_succeed_without_running(session):
     job = new_job(session)
     with pytest.raises(JobConflict, match="is queued and cannot become succeeded"):
-        jobs.mark_succeeded(session=session, job_id=job.id)
+        jobs.mark_succeeded(session=session, job_id=job.id, attempt=1)
 
 
 def test_failure_keeps_the_message_for_the_user(session):
     job = new_job(session)
-    jobs.mark_running(session=session, job_id=job.id)
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
     failed = jobs.mark_failed(session=session, job_id=job.id, message="the weights hold NaN; export them again")
     assert failed.state == "failed" and failed.error == "the weights hold NaN; export them again"
 
 
 def test_transitions_of_a_missing_job(session):
+    assert jobs.claim(session=session, job_id="00000000-0000-4000-8000-000000000000", lease_s=60) is None
     with pytest.raises(NotFound):
-        jobs.mark_running(session=session, job_id="00000000-0000-4000-8000-000000000000")
+        jobs.mark_failed(session=session, job_id="00000000-0000-4000-8000-000000000000", message="gone")
 
 
 def test_cancelling_a_queued_job_is_immediate(session):
     job = new_job(session)
     cancelled = jobs.request_cancel(session=session, owner="alice", job_id=job.id)
     assert cancelled.state == "cancelled" and cancelled.finished_at is not None
-    with pytest.raises(JobConflict):
-        jobs.mark_running(session=session, job_id=job.id)
+    assert jobs.claim(session=session, job_id=job.id, lease_s=60) is None
 
 
 def test_cancelling_a_running_job_asks_its_worker_to_stop(session):
     job = new_job(session)
-    jobs.mark_running(session=session, job_id=job.id)
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
     assert not jobs.is_cancel_requested(session=session, job_id=job.id)
     flagged = jobs.request_cancel(session=session, owner="alice", job_id=job.id)
     assert flagged.state == "running" and flagged.cancel_requested
@@ -145,15 +186,15 @@ def test_cancelling_a_running_job_asks_its_worker_to_stop(session):
 
 def test_cancelling_a_finished_job_conflicts(session):
     job = new_job(session)
-    jobs.mark_running(session=session, job_id=job.id)
-    jobs.mark_succeeded(session=session, job_id=job.id)
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
+    jobs.mark_succeeded(session=session, job_id=job.id, attempt=1)
     with pytest.raises(JobConflict, match=r"has finished \(succeeded\); there is nothing to cancel"):
         jobs.request_cancel(session=session, owner="alice", job_id=job.id)
 
 
 def test_progress_of_an_epoch_gets_an_eta(session):
     job = new_job(session)
-    jobs.mark_running(session=session, job_id=job.id)
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
     event = {"stage": "training", "epoch": 1, "epochs": 4, "data_loss": 0.5, "kl": float("nan"), "seconds": 2.0,
              "val_accuracy": None}
     assert jobs.record_progress(session=session, job_id=job.id, event=event) is False
@@ -164,7 +205,7 @@ def test_progress_of_an_epoch_gets_an_eta(session):
 
 def test_pretraining_eta_includes_the_training_epochs(session):
     job = new_job(session)  # 2 training epochs
-    jobs.mark_running(session=session, job_id=job.id)
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
     jobs.record_progress(session=session, job_id=job.id, event={"stage": "pretraining", "epoch": 1, "epochs": 3,
                                                                 "seconds": 1.0})
     assert jobs.get_job(session=session, owner="alice", job_id=job.id).progress["eta_seconds"] == 4.0
@@ -172,7 +213,7 @@ def test_pretraining_eta_includes_the_training_epochs(session):
 
 def test_a_stage_event_clears_the_previous_stage(session):
     job = new_job(session)
-    jobs.mark_running(session=session, job_id=job.id)
+    jobs.claim(session=session, job_id=job.id, lease_s=60)
     jobs.record_progress(session=session, job_id=job.id, event={"stage": "training", "epoch": 4, "epochs": 4})
     jobs.record_progress(session=session, job_id=job.id, event={"stage": "exporting"})
     assert jobs.get_job(session=session, owner="alice", job_id=job.id).progress == {"stage": "exporting"}
@@ -188,7 +229,7 @@ def test_progress_is_refused_unless_running(session):
 
 def test_count_by_state_and_discard(session):
     kept, dropped = new_job(session), new_job(session)
-    jobs.mark_running(session=session, job_id=kept.id)
+    jobs.claim(session=session, job_id=kept.id, lease_s=60)
     jobs.discard_job(session=session, job_id=dropped.id)
     assert jobs.count_by_state(session=session) == {
         "queued": 0, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0

@@ -309,7 +309,7 @@ def test_another_owner_cannot_see_or_touch_a_job(client, alice, bob, app_session
 
 def test_progress_and_failure_are_shown(client, alice, app_session):
     job_id = submit(client, alice).json()["id"]
-    jobs.mark_running(session=app_session, job_id=job_id)
+    jobs.claim(session=app_session, job_id=job_id, lease_s=60)
     event = {"stage": "training", "epoch": 1, "epochs": 2, "data_loss": 0.3, "kl": 12.0, "kl_weight": 0.0,
              "lr": 0.001, "train_accuracy": 0.9, "val_accuracy": 0.8, "sparsity": 0.1, "compression": 1.1,
              "seconds": 1.5}
@@ -335,7 +335,7 @@ def test_cancel_a_queued_job(client, alice):
 
 def test_cancel_a_running_job(client, alice, app_session):
     job_id = submit(client, alice).json()["id"]
-    jobs.mark_running(session=app_session, job_id=job_id)
+    jobs.claim(session=app_session, job_id=job_id, lease_s=60)
     response = client.delete(f"/v1/jobs/{job_id}", headers=alice)
     assert response.status_code == 202
     assert response.json()["state"] == "running" and response.json()["cancel_requested"] is True
@@ -356,14 +356,14 @@ FILES = {"model.onnx": b"onnx-small", "baseline.onnx": b"onnx-dense", "report.js
 
 def finish(session, client, job_id, files=FILES):
     """What a worker does: run the job, write its artifacts, mark it succeeded."""
-    jobs.mark_running(session=session, job_id=job_id)
+    jobs.claim(session=session, job_id=job_id, lease_s=60)
     folder = client.app.state.storage.job_artifact_dir(job_id)
     folder.mkdir(parents=True)
     for name, content in files.items():
         (folder / name).write_bytes(content)
     (folder / ".model.onnx.partial").write_bytes(b"half")
     (folder / "notes.txt").write_bytes(b"not an artifact")
-    jobs.mark_succeeded(session=session, job_id=job_id)
+    jobs.mark_succeeded(session=session, job_id=job_id, attempt=1)
 
 
 def test_artifacts_are_listed_and_downloaded(client, alice, app_session):
@@ -475,4 +475,4 @@ def test_the_stored_job_has_the_internals_the_answer_leaves_out(client, alice, a
     answer = client.get(f"/v1/jobs/{job_id}", headers=alice).json()
     stored = app_session.get(Job, job_id)
     assert stored.owner == "alice" and stored.idempotency_key == "abc"
-    assert not {"owner", "idempotency_key", "attempts"} & set(answer)
+    assert not {"owner", "idempotency_key", "lease_expires_at", "dispatched_at", "dispatches"} & set(answer)

@@ -12,7 +12,7 @@ from service.storage import ARTIFACT_NAMES, Storage, media_type
 
 @pytest.fixture
 def storage(tmp_path):
-    storage = Storage(upload_dir=tmp_path / "uploads", artifact_dir=tmp_path / "artifacts")
+    storage = Storage(tmp_path / "uploads", tmp_path / "artifacts", tmp_path / "checkpoints")
     storage.create_dirs()
     return storage
 

@@ -55,6 +55,40 @@ def test_seeded_runs_are_reproducible_and_metrics_are_complete():
     assert last["epoch"] == last["epochs"] == 2 and last["kl"] > 0
 
 
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
+    data = load_digits()
+    config = TrainConfig(epochs=3, seed=5, device="cpu")
+
+    def fresh_model():
+        torch.manual_seed(0)
+        return vdcore.sparsify_(build_model(lenet_300_100((1, 8, 8))))
+
+    straight = fresh_model()
+    straight_history = vdcore.train(straight, data.train, data.val, config)
+
+    checkpoint = tmp_path / "run.ckpt"
+    first = fresh_model()
+    vdcore.train(first, data.train, data.val, config, on_epoch=lambda m: m.epoch == 1, checkpoint=checkpoint)
+    seen: list[int] = []
+    resumed = fresh_model()  # a new process: nothing carried over but the file
+    history = vdcore.train(
+        resumed, data.train, data.val, config, on_epoch=lambda m: seen.append(m.epoch), checkpoint=checkpoint
+    )
+    assert seen == [2, 3]
+    assert [m.data_loss for m in history] == [m.data_loss for m in straight_history]
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    data = load_digits()
+    checkpoint = tmp_path / "run.ckpt"
+    model = vdcore.sparsify_(build_model(lenet_300_100((1, 8, 8))))
+    vdcore.train(model, data.train, None, TrainConfig(epochs=1, device="cpu"), checkpoint=checkpoint)
+    with pytest.raises(ValueError, match="other settings"):
+        vdcore.train(model, data.train, None, TrainConfig(epochs=2, device="cpu"), checkpoint=checkpoint)
+
+
 def test_dataloaders_are_accepted():
     _, history = _small_run(0, loader=True, epochs=1)
     assert 0 < history[0].train_accuracy <= 1

@@ -32,7 +32,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(4
     openapi_extra=OPENAPI_BODY,
     responses={
         200: {"model": JobPublic, "description": "the job an earlier request with this Idempotency-Key made"},
-        **error_responses(409, 413, 415),
+        # 400: a multipart body that cannot be parsed; 429: the owner's allowance of jobs or storage is used up.
+        **error_responses(400, 409, 413, 415, 429),
     },
 )
 def submit(
