@@ -130,20 +130,35 @@ def _transition(
     return job
 
 
-def claim(*, session: Session, job_id: str, lease_s: float) -> Job | None:
+def claim(
+    *, session: Session, job_id: str, lease_s: float, max_running_per_owner: int | None = None
+) -> Job | None:
     """Take a queued job for one more attempt, leased for ``lease_s``; None if it is not queued (another
-    worker holds it, or it has finished): a duplicate delivery then has nothing to do.
+    worker holds it, or it has finished: a duplicate delivery then has nothing to do) or if its owner already
+    has ``max_running_per_owner`` jobs running (it stays queued).
 
-    ``started_at`` is the current attempt's start; the returned job's ``attempts`` identifies the attempt.
+    ``started_at`` is the current attempt's start; the returned job's ``attempts`` identifies the attempt. The
+    owner's limit is part of the conditional update; two workers claiming the same owner's jobs in the same
+    instant may still pass it by one on PostgreSQL, where each sees the other's claim only once committed.
     """
     now = utcnow()
-    try:
-        return _transition(
-            session, job_id, {"queued"}, "running", started_at=now, attempts=Job.attempts + 1,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-        )
-    except (JobConflict, NotFound):
+    condition = [Job.id == job_id, Job.state == "queued"]
+    if max_running_per_owner is not None:
+        owner = select(Job.owner).where(Job.id == job_id).scalar_subquery()
+        running = (
+            select(func.count()).select_from(Job).where(Job.owner == owner, Job.state == "running")
+        ).scalar_subquery()
+        condition.append(running < max_running_per_owner)
+    result = session.execute(
+        update(Job).where(*condition)
+        .values(state="running", updated_at=now, started_at=now, attempts=Job.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if not result.rowcount:  # type: ignore[attr-defined]
         return None
+    return session.get(Job, job_id, populate_existing=True)
 
 
 def renew_lease(*, session: Session, job_id: str, attempt: int, lease_s: float) -> bool:

@@ -36,7 +36,8 @@ def _conclude(session: Session, storage: Storage, job_id: str, move: Callable[[]
 
 
 def execute_job(job_id: str, *, sessions: sessionmaker[Session], storage: Storage, settings: Settings) -> str:
-    """Run the job if it is queued, and return its state afterwards (``lost`` if it was taken over).
+    """Run the job if it is queued, and return its state afterwards (``lost`` if it was taken over,
+    ``deferred`` if its owner already runs ``settings.max_running_jobs_per_owner`` jobs: send it again later).
 
     A delivery that finds the job taken (a duplicate message) or finished does nothing. A job whose worker
     died is requeued by the reconciler and resumes here from its last epoch checkpoint, up to
@@ -44,10 +45,15 @@ def execute_job(job_id: str, *, sessions: sessionmaker[Session], storage: Storag
     renaming a complete directory.
     """
     with sessions() as session:
-        job = jobs.claim(session=session, job_id=job_id, lease_s=settings.lease_s)
+        job = jobs.claim(
+            session=session, job_id=job_id, lease_s=settings.lease_s,
+            max_running_per_owner=settings.max_running_jobs_per_owner,
+        )
         if job is None:
             current = session.get(Job, job_id)
-            return "missing" if current is None else current.state
+            if current is None:
+                return "missing"
+            return "deferred" if current.state == "queued" else current.state  # the owner's running limit
         attempt = job.attempts
         if job.cancel_requested:
             return _conclude(session, storage, job_id, lambda: jobs.mark_cancelled(

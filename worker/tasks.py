@@ -27,4 +27,7 @@ def compress_job(job_id: str) -> str:
     torch.set_num_threads(settings.torch_threads)
     storage = Storage.from_settings(settings)
     storage.create_dirs()
-    return execute_job(job_id, sessions=_sessions(), storage=storage, settings=settings)
+    outcome = execute_job(job_id, sessions=_sessions(), storage=storage, settings=settings)
+    if outcome == "deferred":  # its owner's other jobs hold all the owner's running slots: ask again later
+        compress_job.apply_async((job_id,), countdown=settings.defer_s)
+    return outcome

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         15, ge=0, description="how often the API looks for lost and stalled jobs; 0 turns the reconciler off"
     )
     max_active_jobs_per_owner: int = Field(10, gt=0, description="queued and running jobs one owner may have at once")
+    max_running_jobs_per_owner: int = Field(
+        2, gt=0, description="jobs of one owner that run at once; the owner's other jobs wait in the queue"
+    )
+    defer_s: float = Field(30, gt=0, description="how long a job held back by its owner's running limit waits")
     max_storage_bytes_per_owner: int = Field(
         5 * 1024 * MiB, gt=0, description="disk one owner's jobs may use: their uploads and artifacts together"
     )

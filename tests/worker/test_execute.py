@@ -182,3 +182,15 @@ def test_a_user_error_fails_the_job_with_a_message_that_says_what_to_fix(world):
     job_id = submit(sessions, model={"preset": "lenet-5-caffe"})  # 5x5 kernels cannot fit 8x8 digits twice
     assert run(job_id, sessions, storage) == "failed"
     assert "larger than the padded input" in load(sessions, job_id).error
+
+
+def test_an_owner_over_the_running_limit_waits_in_the_queue(world):
+    sessions, storage = world
+    running, waiting = submit(sessions), submit(sessions)
+    with sessions() as session:
+        jobs.claim(session=session, job_id=running, lease_s=60)
+    assert run(waiting, sessions, storage, max_running_jobs_per_owner=1) == "deferred"
+    assert load(sessions, waiting).state == "queued" and load(sessions, waiting).attempts == 0
+    with sessions() as session:
+        jobs.mark_failed(session=session, job_id=running, message="stopped", attempt=1)
+    assert run(waiting, sessions, storage, max_running_jobs_per_owner=1) == "succeeded"
