@@ -257,7 +257,11 @@ def _job_arguments(parser: argparse.ArgumentParser, dataset_help: str) -> None:
     parser.add_argument("--weights", help="a safetensors file of the model's trained weights")
     parser.add_argument("--dataset", default="digits", help=dataset_help)
     for name, default in JobOptions().to_dict().items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), help=f"default {default}")
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(default, bool):  # type=bool would read "false" as True
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=f"default {default}")
+        else:
+            parser.add_argument(flag, dest=name, type=type(default), help=f"default {default}")
 
 
 def build_parser() -> argparse.ArgumentParser:

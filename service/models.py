@@ -139,6 +139,9 @@ class JobOptionsRequest(BaseModel):
     val_fraction: float = Field(_OPTIONS.val_fraction, ge=0, lt=1)
     seed: int = Field(_OPTIONS.seed, ge=0, le=2**63 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    structured: bool = Field(
+        _OPTIONS.structured, description="one dropout rate per unit or filter, so whole units are removed (speed)"
+    )
 
     @model_validator(mode="after")
     def _pipeline_accepts(self) -> JobOptionsRequest:

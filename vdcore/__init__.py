@@ -2,6 +2,7 @@
 
     import vdcore
     vdcore.sparsify_(model)                       # nn.Linear / nn.Conv2d -> LinearSVD / Conv2dSVD
+    # (SVDConfig(granularity="unit"): one rate per unit or filter, so whole units go and shrink removes them)
     vdcore.train(model, (x, y), val=(xv, yv))     # negative ELBO with KL warm-up
     small = vdcore.shrink(vdcore.prune(model), x[:1])
     vdcore.export_onnx(small, "model.onnx", x[:1])
@@ -12,7 +13,7 @@ from vdcore.data import DataError, Dataset, load_builtin, load_idx_dir, load_npz
 from vdcore.device import resolve_device
 from vdcore.export import ExportError, ExportResult, export_onnx, onnx_parity, onnx_session
 from vdcore.latency import Latency, measure_latency
-from vdcore.layers import Conv2dSVD, LinearSVD, SVDLayer
+from vdcore.layers import Conv2dSVD, Conv2dUnitSVD, LinearSVD, LinearUnitSVD, SVDLayer, UnitSVDLayer
 from vdcore.loss import elbo_loss, kl_divergence
 from vdcore.presets import PRESETS, preset_spec
 from vdcore.prune import prune
@@ -21,32 +22,63 @@ from vdcore.shrink import GatherInput, layer_widths, shrink
 from vdcore.sparsify import is_sparsified, sparsify_, svd_layers
 from vdcore.spec import SpecError, build_model, plan_model
 from vdcore.train import EpochMetrics, evaluate, kl_weight, learning_rate, train
+from vdcore.variants import (
+    KINGMA_VARIANTS,
+    BinaryDropoutLinear,
+    GaussianDropoutLinearA,
+    GaussianDropoutLinearB,
+    NoisyLinear,
+    VariationalDropoutLinearA,
+    VariationalDropoutLinearA2,
+    VariationalDropoutLinearB,
+    cap_log_alpha,
+    kingma_kl_divergence,
+    kingma_linear,
+    kingma_mlp,
+    kl_kingma,
+)
 from vdcore.weights import WeightsError, load_weights, save_weights
 
 __all__ = [
+    "KINGMA_VARIANTS",
     "PRESETS",
+    "BinaryDropoutLinear",
     "Conv2dSVD",
+    "Conv2dUnitSVD",
     "DataError",
     "Dataset",
     "EpochMetrics",
     "ExportError",
     "ExportResult",
     "GatherInput",
+    "GaussianDropoutLinearA",
+    "GaussianDropoutLinearB",
     "Latency",
     "LayerSparsity",
     "LinearSVD",
+    "LinearUnitSVD",
+    "NoisyLinear",
     "SVDConfig",
     "SVDLayer",
     "SparsityReport",
     "SpecError",
     "TrainConfig",
+    "UnitSVDLayer",
+    "VariationalDropoutLinearA",
+    "VariationalDropoutLinearA2",
+    "VariationalDropoutLinearB",
     "WeightsError",
     "build_model",
+    "cap_log_alpha",
     "elbo_loss",
     "evaluate",
     "export_onnx",
     "is_sparsified",
+    "kingma_kl_divergence",
+    "kingma_linear",
+    "kingma_mlp",
     "kl_divergence",
+    "kl_kingma",
     "kl_weight",
     "layer_widths",
     "learning_rate",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Self
+from typing import Any, Literal, Self
+
+GRANULARITIES = ("weight", "unit")
 
 
 class _DictMixin:
@@ -33,6 +35,11 @@ class SVDConfig(_DictMixin):
             than sigma keeps tiny pretrained weights unmasked right after the swap.
         train_mask: zero the dropped weights in the mean of the training forward too, as the published recipe
             does, so training sees the network that evaluation will use.
+        granularity: ``"weight"``: every weight learns its own dropout rate (Sparse VD, the most compression).
+            ``"unit"``: every output unit of a Linear and every filter of a Conv2d learns one rate, so whole
+            units are dropped and ``shrink`` removes them (real speed-ups); the last layer, the classifier, keeps
+            per-weight rates, since dropping a class's logit would drop the class. Unit layers start at
+            ``init_log_alpha``, also when built from scratch.
     """
 
     threshold: float = 3.0
@@ -40,8 +47,11 @@ class SVDConfig(_DictMixin):
     init_log_sigma2: float = -10.0
     init_log_alpha: float = -8.0
     train_mask: bool = True
+    granularity: Literal["weight", "unit"] = "weight"
 
     def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}")
         if self.log_alpha_clip <= 0:
             raise ValueError(f"log_alpha_clip must be positive, got {self.log_alpha_clip}")
         if not -self.log_alpha_clip < self.threshold < self.log_alpha_clip:

@@ -30,7 +30,12 @@ def log_alpha(theta: Tensor, log_sigma2: Tensor, clip: float) -> Tensor:
     there, so a weight whose alpha fell below ``e^-clip`` (a pretrained start at ``init_log_alpha = -clip``,
     or a weight that grew) would never again feel the KL and could never be pruned.
     """
-    upper = torch.clamp(log_sigma2 - torch.log(theta * theta + THETA2_EPS), max=clip)
+    return clip_log_alpha(log_sigma2 - torch.log(theta * theta + THETA2_EPS), clip)
+
+
+def clip_log_alpha(log_alpha: Tensor, clip: float) -> Tensor:
+    """``log_alpha`` clipped to ``[-clip, clip]``: a plain clamp above, a value-only (straight-through) one below."""
+    upper = torch.clamp(log_alpha, max=clip)
     return upper + (torch.clamp(upper, min=-clip) - upper).detach()
 
 
@@ -80,6 +85,23 @@ def conv2d_lrt(
     mean = F.conv2d(x, weight_mean, bias, stride, padding, dilation, groups)
     var = F.conv2d(x * x, weight_var, None, stride, padding, dilation, groups)
     return lrt_sample(mean, var)
+
+
+def unit_dropout_sample(
+    pre: Tensor, log_alpha: Tensor, keep: Tensor | None = None, noise_shape: tuple[int, ...] | None = None
+) -> Tensor:
+    """Gaussian dropout on whole units: ``pre * z`` with ``z ~ N(keep, alpha)``, one ``z`` per unit and example.
+
+    ``pre`` is the deterministic pre-activation ``x . w_j + b_j``; ``log_alpha`` (already clipped) and ``keep``
+    (the training mask, or ``None`` for all ones) broadcast against it, e.g. ``(C, 1, 1)`` for a convolution's
+    channels. ``noise_shape`` says which values share one draw (default: none do); ``(N, C, 1, 1)`` gives a
+    whole feature map one ``z``, as a random scale on the filter would. Each output has mean ``keep * pre`` and
+    variance ``alpha * pre^2``: the unit's output is sampled directly, which is the local reparameterization
+    of a per-unit scale.
+    """
+    eps = torch.randn(pre.shape if noise_shape is None else noise_shape, dtype=pre.dtype, device=pre.device)
+    z = torch.exp(0.5 * log_alpha) * eps
+    return pre * (z + keep if keep is not None else z + 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

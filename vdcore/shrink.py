@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from vdcore.layers import Conv2dSVD, LinearSVD
+from vdcore.layers import SVDLayer
 from vdcore.prune import prune
 from vdcore.sparsify import is_sparsified
 
@@ -111,16 +111,17 @@ def shrink(model: nn.Module, example_input: Tensor) -> nn.Sequential:
 
 
 def layer_widths(model: nn.Module) -> list[int]:
-    """Output features or channels of each Linear and Conv2d layer (plain or Sparse VD), in order.
+    """Output features or channels of each Linear and Conv2d layer (plain or Sparse VD, per weight or per
+    unit), in order.
 
     Shows at a glance what ``shrink`` kept, e.g. ``17-32-329-75``.
     """
     widths = []
     for module in model.modules():
-        if isinstance(module, nn.Linear | LinearSVD):
-            widths.append(module.out_features)
-        elif isinstance(module, nn.Conv2d | Conv2dSVD):
-            widths.append(module.out_channels)
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            widths.append(module.weight.shape[0])
+        elif isinstance(module, SVDLayer):
+            widths.append(module.theta.shape[0])
     return widths
 
 

@@ -7,19 +7,35 @@ from collections.abc import Callable, Iterator
 from torch import nn
 
 from vdcore.config import SVDConfig
-from vdcore.layers import Conv2dSVD, LinearSVD, SVDLayer
+from vdcore.layers import Conv2dSVD, Conv2dUnitSVD, LinearSVD, LinearUnitSVD, SVDLayer
 
 FilterFn = Callable[[nn.Module, str], bool]
 
 # Dense type -> its Sparse VD replacement. A new layer type is one file in layers/ and one line here.
-SVD_LAYER_FOR: dict[type[nn.Module], type[LinearSVD] | type[Conv2dSVD]] = {
+SVD_LAYER_FOR: dict[type[nn.Module], type[SVDLayer]] = {
     nn.Linear: LinearSVD,
     nn.Conv2d: Conv2dSVD,
 }
+# The same with one dropout rate per output unit or filter (``SVDConfig.granularity == "unit"``).
+UNIT_SVD_LAYER_FOR: dict[type[nn.Module], type[SVDLayer]] = {
+    nn.Linear: LinearUnitSVD,
+    nn.Conv2d: Conv2dUnitSVD,
+}
+LAYERS_BY_GRANULARITY = {"weight": SVD_LAYER_FOR, "unit": UNIT_SVD_LAYER_FOR}
 
 
 def _is_swappable(module: nn.Module, fqn: str) -> bool:
     return type(module) in SVD_LAYER_FOR
+
+
+def _output_layer(model: nn.Module) -> nn.Module | None:
+    """The last weight layer (swappable or already swapped) in definition order: the classifier of a
+    Sequential and of any model that defines its layers in the order it runs them."""
+    last = None
+    for fqn, module in model.named_modules():
+        if _is_swappable(module, fqn) or isinstance(module, SVDLayer):
+            last = module
+    return last
 
 
 def sparsify_(model: nn.Module, config: SVDConfig | None = None, filter_fn: FilterFn | None = None) -> nn.Module:
@@ -29,6 +45,13 @@ def sparsify_(model: nn.Module, config: SVDConfig | None = None, filter_fn: Filt
     layers out (it is asked only about swappable layers). Returns ``model``, or the new layer when ``model``
     itself is a single swappable layer.
 
+    With ``config.granularity == "unit"`` the layers get one dropout rate per output unit or filter
+    (``LinearUnitSVD``, ``Conv2dUnitSVD``), except the output layer, which becomes a per-weight
+    ``LinearSVD``/``Conv2dSVD``: dropping a whole logit would drop its class, while per-weight rates still
+    sparsify it and free the hidden units it stops reading. The output layer is the last ``nn.Linear`` or
+    ``nn.Conv2d`` (or already swapped layer) in definition order, ``model.modules()``: the classifier of a
+    Sequential, and of any model that defines its layers in the order it runs them.
+
     Examples:
         >>> net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10))
         >>> net = sparsify_(net, SVDConfig(threshold=3.0))
@@ -36,11 +59,14 @@ def sparsify_(model: nn.Module, config: SVDConfig | None = None, filter_fn: Filt
         True
     """
     config = config or SVDConfig()
+    layer_for = LAYERS_BY_GRANULARITY[config.granularity]
+    output_layer = _output_layer(model)
 
     def convert(module: nn.Module, fqn: str) -> nn.Module | None:
         if not _is_swappable(module, fqn) or (filter_fn is not None and not filter_fn(module, fqn)):
             return None
-        return SVD_LAYER_FOR[type(module)].from_dense(module, config)  # type: ignore[arg-type]
+        layers = SVD_LAYER_FOR if module is output_layer else layer_for
+        return layers[type(module)].from_dense(module, config)  # type: ignore[attr-defined]
 
     return replace_modules(model, convert)
 

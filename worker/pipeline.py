@@ -70,12 +70,16 @@ class JobOptions(_DictMixin):
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
+    # One dropout rate per unit / filter instead of per weight, so whole units go (SVDConfig.granularity "unit").
+    structured: bool = False
 
     def __post_init__(self) -> None:
         if self.pretrain_epochs < 0:
             raise ValueError(f"pretrain_epochs must be 0 or more, got {self.pretrain_epochs}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if not isinstance(self.structured, bool):  # "false" from a form or a command line is truthy
+            raise ValueError(f"structured must be true or false, got {self.structured!r}")
         self.train_config()
         self.svd_config()
 
@@ -92,7 +96,7 @@ class JobOptions(_DictMixin):
         )
 
     def svd_config(self) -> SVDConfig:
-        return SVDConfig(threshold=self.threshold)
+        return SVDConfig(threshold=self.threshold, granularity="unit" if self.structured else "weight")
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,18 @@ def _train_stage(
     return [metrics.to_dict() for metrics in history], len(history) - new_epochs
 
 
+def _start_from_scratch(model: nn.Module) -> None:
+    """Give untrained weights the published from-scratch start: every variance at ``init_log_sigma2``.
+
+    The swap's default (the same small alpha for every weight) keeps a trained network's outputs, which an
+    untrained one does not need; with it, LeNet-300-100 on digits ended at 50x instead of 88x (100 epochs,
+    equal accuracy).
+    """
+    for _, layer in vdcore.svd_layers(model):
+        if isinstance(layer, vdcore.LinearSVD | vdcore.Conv2dSVD):
+            nn.init.constant_(layer.log_sigma2, layer.init_log_sigma2)
+
+
 def run(
     job: JobInput,
     out_dir: str | os.PathLike[str],
@@ -272,6 +288,8 @@ def run(
     _notify(on_progress, {"stage": "training"})
     mark = time.perf_counter()
     vdcore.sparsify_(model, options.svd_config())
+    if job.weights is None and not options.pretrain_epochs:
+        _start_from_scratch(model)
     history, resumed["training"] = _train_stage(
         "training", model, data, options.train_config(), on_progress, checkpoints
     )

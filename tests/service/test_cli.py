@@ -2,7 +2,7 @@
 
 import json
 
-from service.cli import main
+from service.cli import build_parser, main
 
 
 def test_compress_writes_artifacts_and_summary(tmp_path, capsys):
@@ -19,3 +19,10 @@ def test_compress_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "larger than the padded input" in err and "Traceback" not in err
+
+
+def test_boolean_options_are_flags():
+    parse = build_parser().parse_args
+    assert parse(["compress", "--structured"]).structured is True
+    assert parse(["compress", "--no-structured"]).structured is False
+    assert parse(["compress"]).structured is None  # unset: the job's default applies

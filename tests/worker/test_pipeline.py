@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+import vdcore
 from vdcore.data import load_digits
 from vdcore.export import onnx_session
+from vdcore.presets import lenet_300_100
 from vdcore.spec import build_model
 from vdcore.weights import save_weights
-from worker.pipeline import ARTIFACTS, Cancelled, JobError, JobInput, JobOptions, prepare, run
+from worker.pipeline import ARTIFACTS, Cancelled, JobError, JobInput, JobOptions, _start_from_scratch, prepare, run
 
 FAST = JobOptions(epochs=4, pretrain_epochs=2, batch_size=50, lr=3e-3, device="cpu")
 
@@ -109,3 +111,34 @@ def test_bad_options_are_refused():
         JobOptions(val_fraction=1.0)
     with pytest.raises(ValueError, match="threshold"):
         JobOptions(threshold=100.0)
+
+
+def test_untrained_weights_start_from_the_published_variances():
+    model = vdcore.sparsify_(build_model(lenet_300_100((1, 8, 8))))
+    _start_from_scratch(model)
+    for _, layer in vdcore.svd_layers(model):
+        assert torch.all(layer.log_sigma2 == layer.init_log_sigma2)
+
+
+def test_structured_job_drops_units_and_its_onnx_has_the_reported_accuracy(tmp_path):
+    options = JobOptions(epochs=2, pretrain_epochs=1, batch_size=50, lr=3e-3, device="cpu", structured=True)
+    assert options.svd_config().granularity == "unit"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors on shared cores: a second thread mostly waits
+    try:
+        report = run(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=options), tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert report["options"]["structured"] is True
+    before, after = report["units"]["before"], report["units"]["after"]
+    assert before == [300, 100, 10] and after[-1] == 10
+    assert all(kept <= total for kept, total in zip(after, before, strict=True))
+    data = load_digits()
+    logits = onnx_session(tmp_path / "model.onnx").run(None, {"input": data.x_val.numpy()})[0]
+    assert float(np.mean(logits.argmax(1) == data.y_val.numpy())) == pytest.approx(report["accuracy"]["after"])
+
+
+def test_structured_must_be_a_boolean():
+    with pytest.raises(ValueError, match="structured must be true or false"):
+        JobOptions(structured="false")  # type: ignore[arg-type]
+    assert JobOptions.from_dict({"structured": True}).svd_config().granularity == "unit"

@@ -3,5 +3,6 @@
 from vdcore.layers.base import SVDLayer
 from vdcore.layers.conv2d import Conv2dSVD
 from vdcore.layers.linear import LinearSVD
+from vdcore.layers.units import Conv2dUnitSVD, LinearUnitSVD, UnitSVDLayer
 
-__all__ = ["Conv2dSVD", "LinearSVD", "SVDLayer"]
+__all__ = ["Conv2dSVD", "Conv2dUnitSVD", "LinearSVD", "LinearUnitSVD", "SVDLayer", "UnitSVDLayer"]

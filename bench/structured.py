@@ -1,0 +1,132 @@
+"""Structured (unit and filter) dropout on MNIST through the worker's pipeline, with Structured Bayesian Pruning
+beside it.
+
+    python bench/structured.py --net lenet-300-100 --pretrain-epochs 20 --epochs 100 --threads 1
+    python bench/structured.py --net lenet-5-caffe --pretrain-epochs 20 --epochs 100 --threads 1
+    python bench/structured.py --net lenet-300-100 --epochs 1 --pretrain-epochs 1 --no-write   # a smoke run
+
+Runs ``worker.pipeline.run`` with ``structured=True`` (``SVDConfig(granularity="unit")``: one learned dropout rate
+per hidden unit and per filter, the classifier per weight) on the full MNIST (the IDX files in
+../shared/datasets/mnist, or ``--mnist``). The t10k images are the pipeline's validation set, so "accuracy
+after" is the test accuracy of the shrunk network, and the onnxruntime latencies of the dense and the shrunk
+network (batch 1 and 100) are measured side by side in the same run. Appends a section to ``bench/RESULTS.md``
+and keeps the artifacts under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.results import append_section, command_line, machine
+from worker.pipeline import JobInput, JobOptions, run
+
+# Structured Bayesian Pruning (Neklyudov, Molchanov, Ashukha and Vetrov, NIPS 2017, "Structured Bayesian Pruning
+# via Log-Normal Multiplicative Noise"), its MNIST table as quoted in the product brief (shared/MISSION.md): test
+# error (%), real CPU speed-up of the pruned network over the dense one, and the units it kept per layer (in the
+# paper's own convention, which for LeNet-300-100 counts each layer's inputs, 784-300-100, pixels included).
+PUBLISHED_SBP = {
+    "lenet-300-100": {"error": 1.55, "speedup": 2.33, "units": "245-160-55"},
+    "lenet-5-caffe": {"error": 0.86, "speedup": 5.41, "units": "3-18-284-283"},
+}
+
+
+def _kb(size: int) -> str:
+    return f"{size / 1024:.1f} KB"
+
+
+def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    error_before = 100 * (1 - report["accuracy"]["before"])
+    error_after = 100 * (1 - report["accuracy"]["after"])
+    sbp = PUBLISHED_SBP[net]
+    latency, files, timings = report["latency"], report["files"], report["timings"]
+    best_speedup = max(row["speedup"] for row in latency.values())
+    met = error_after <= sbp["error"] and best_speedup >= sbp["speedup"]
+    nonzero = " - ".join(f"{1 - layer['sparsity']:.1%}" for layer in report["layers"])
+    units_before = "-".join(map(str, report["units"]["before"]))
+    units_after = "-".join(map(str, report["units"]["after"]))
+    lines = [
+        f"- machine: {machine(torch.device(report['device']))}",
+        f"- command: `{command_line()}`",
+        f"- options: {json.dumps(report['options'])}",
+        f"- target: at most SBP's {sbp['error']}% test error with at least its {sbp['speedup']}x speed-up "
+        f"(best batch size): **{'met' if met else 'not met'}**",
+        "",
+        "| | ours (unit dropout) | paper (SBP) |",
+        "|---|---|---|",
+        f"| test error, dense | {error_before:.2f}% | - |" if args.pretrain_epochs else
+        "| test error, dense | (from scratch: no dense network) | - |",
+        f"| test error, compressed | {error_after:.2f}% | {sbp['error']}% |",
+        f"| units per layer, before -> after shrink | {units_before} -> {units_after} | {sbp['units']} (its count) |",
+        f"| compression (all weights / non-zero) | {report['compression']:.1f}x | - |",
+        f"| non-zero weights per layer | {nonzero} | - |",
+        f"| onnxruntime CPU speed-up, batch 1 / 100 | {latency['batch_1']['speedup']:.2f}x / "
+        f"{latency['batch_100']['speedup']:.2f}x | {sbp['speedup']}x |",
+        "",
+        "| onnxruntime CPU latency | dense (ms) | compressed (ms) | speed-up |",
+        "|---|---|---|---|",
+    ]
+    for batch, row in latency.items():
+        lines.append(f"| {batch.replace('_', ' ')} | {row['baseline_ms']:.3f} | {row['compressed_ms']:.3f} | "
+                     f"{row['speedup']:.2f}x |")
+    lines += ["", "| file | dense | compressed | ratio |", "|---|---|---|---|"]
+    for kind in ("bytes", "gzip_bytes"):
+        dense, small = files["baseline.onnx"][kind], files["model.onnx"][kind]
+        lines.append(f"| ONNX, {'raw' if kind == 'bytes' else 'gzip'} | {_kb(dense)} | {_kb(small)} | "
+                     f"{dense / small:.1f}x |")
+    lines += ["", "| time | seconds | per epoch |", "|---|---|---|"]
+    if "pretraining_s" in timings:
+        lines.append(f"| dense pretraining ({args.pretrain_epochs} epochs) | {timings['pretraining_s']:.0f} | "
+                     f"{timings['pretraining_s'] / args.pretrain_epochs:.1f} |")
+    lines.append(f"| unit-dropout training ({args.epochs} epochs) | {timings['training_s']:.0f} | "
+                 f"{timings['training_s'] / args.epochs:.1f} |")
+    lines.append(f"| whole job | {timings['total_s']:.0f} | - |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", choices=sorted(PUBLISHED_SBP), default="lenet-300-100")
+    parser.add_argument("--epochs", type=int, default=100, help="unit-dropout epochs")
+    parser.add_argument("--pretrain-epochs", type=int, default=20, help="dense epochs first (SBP starts pretrained)")
+    parser.add_argument("--threshold", type=float, default=3.0, help="log alpha above which a unit is dropped")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"))
+    parser.add_argument("--out", default="out/bench-structured")
+    parser.add_argument("--no-write", action="store_true", help="print only, do not append to RESULTS.md")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = JobOptions(epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
+                         lr=args.lr, threshold=args.threshold, seed=args.seed, device=args.device, structured=True)
+    job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
+
+    def progress(event: dict[str, Any]) -> None:
+        if "epoch" in event:
+            print(f"{event['stage']} {event['epoch']}/{event['epochs']} loss {event['data_loss']:.4f} "
+                  f"val {event['val_accuracy']:.4f} compression {event['compression']:.1f}x "
+                  f"{event['seconds']:.1f}s", flush=True)
+
+    out = Path(args.out) / args.net
+    report = run(job, out, progress)
+    lines = describe(args.net, report, args)
+    title = f"MNIST {args.net}, structured (unit dropout), " + (
+        f"{args.pretrain_epochs} dense + " if args.pretrain_epochs else "from scratch, "
+    )
+    title += f"{args.epochs} epochs"
+    print("\n".join(lines) if args.no_write else append_section(title, lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Variational dropout on whole units: one learned dropout rate per output feature (Linear) or filter (Conv2d).
+
+Each unit's pre-activation is multiplied by Gaussian noise, ``out_j = (x . w_j + b_j) * z_j`` with
+``z_j ~ N(1, alpha_j)``, under the log-uniform prior with the KL approximation of Sparse VD: one KL term per
+unit (Molchanov et al. 2017 for the KL; one scale per unit or filter as in Structured Bayesian Pruning,
+Neklyudov et al. 2017). ``log_alpha`` is a parameter of its own, one per unit, clipped like the per-weight one.
+At evaluation a unit with ``log_alpha > threshold`` outputs 0: its weight row and its bias are zeroed, so
+``vdcore.shrink`` removes the unit from both layers it touches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from vdcore import functional as VF
+from vdcore.config import SVDConfig
+from vdcore.layers.base import SVDLayer
+
+
+class UnitSVDLayer(SVDLayer):
+    """Base of the layers with one learned dropout rate per output unit; the ``SVDLayer`` contract holds.
+
+    A subclass declares ``theta`` (the weights), ``unit_log_alpha`` (``(units,)``, unclipped) and ``bias``,
+    sets ``threshold``, ``log_alpha_clip``, ``init_log_alpha`` and ``train_mask``, and names in
+    ``spatial_dims`` how many axes follow the unit axis in its output (0 for Linear, 2 for Conv2d).
+
+    Differences from a per-weight layer: ``log_alpha`` has one entry per unit; ``mask()`` is still one entry per
+    weight (each unit's value repeated along its row), so weight counts read the same; the bias is masked too
+    (``masked_bias()``).
+    """
+
+    unit_log_alpha: nn.Parameter
+    init_log_alpha: float
+    spatial_dims: int
+
+    @property
+    def log_alpha(self) -> Tensor:
+        """``log_alpha`` per unit, ``(units,)``, clipped to ``[-clip, clip]`` (straight-through below)."""
+        return VF.clip_log_alpha(self.unit_log_alpha, self.log_alpha_clip)
+
+    def kl(self) -> Tensor:
+        """This layer's KL divergence to the log-uniform prior: one ``kl_approx`` term per unit, summed."""
+        return VF.kl_approx(self.log_alpha).sum()
+
+    def unit_mask(self) -> Tensor:
+        """1 for each unit kept at evaluation, 0 for each dropped one; ``(units,)``."""
+        return VF.keep_mask(self.log_alpha, self.threshold)
+
+    def mask(self) -> Tensor:
+        """1 for each weight kept at evaluation: the unit mask repeated along each unit's weights."""
+        return self._per_row(self.unit_mask()).expand_as(self.theta).contiguous()
+
+    def masked_weight(self) -> Tensor:
+        return self.theta * self._per_row(self.unit_mask())
+
+    def masked_bias(self) -> Tensor | None:
+        """The bias with dropped units zeroed, so that a dropped unit outputs exactly 0."""
+        return None if self.bias is None else self.bias * self.unit_mask()
+
+    def weight_moments(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} samples its units' outputs, not independent weights")
+
+    def _reference_moments(self) -> tuple[Tensor, Tensor]:
+        return self.weight_moments()
+
+    def _per_row(self, per_unit: Tensor) -> Tensor:
+        """``(units,)`` reshaped to broadcast against ``theta``."""
+        return per_unit.view(-1, *[1] * (self.theta.dim() - 1))
+
+    def _sample(self, pre: Tensor) -> Tensor:
+        """The training output from the deterministic pre-activation: one noise draw per example and unit."""
+        shape = (-1, *[1] * self.spatial_dims)
+        log_alpha = self.log_alpha
+        keep = VF.keep_mask(log_alpha, self.threshold).view(shape) if self.train_mask else None
+        noise_shape = (*pre.shape[: pre.dim() - self.spatial_dims], *[1] * self.spatial_dims)
+        return VF.unit_dropout_sample(pre, log_alpha.view(shape), keep, noise_shape)
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Linear | nn.Conv2d:
+        """A plain layer holding the masked weights and bias: what this layer computes at evaluation."""
+        dense = self.empty_dense()
+        dense.weight.copy_(self.masked_weight())
+        bias = self.masked_bias()
+        if dense.bias is not None and bias is not None:
+            dense.bias.copy_(bias)
+        return dense
+
+    @torch.no_grad()
+    def init_from_dense(self, weight: Tensor, bias: Tensor | None, init_log_alpha: float) -> None:
+        """Start from pretrained weights: ``theta`` and ``bias`` copy them, every unit gets ``init_log_alpha``."""
+        self.theta.copy_(weight)
+        self.unit_log_alpha.fill_(init_log_alpha)
+        if self.bias is not None and bias is not None:
+            self.bias.copy_(bias)
+
+
+class LinearUnitSVD(UnitSVDLayer):
+    """``nn.Linear`` whose output units have learned Gaussian dropout, one rate per unit.
+
+    Args:
+        in_features, out_features, bias: as for ``nn.Linear``.
+        threshold: units with ``log_alpha`` above it output 0 at evaluation.
+        log_alpha_clip, init_log_alpha, train_mask: see ``SVDConfig``.
+
+    Shape:
+        Input ``(*, in_features)``, output ``(*, out_features)``.
+
+    Attributes:
+        theta: weights, ``(out_features, in_features)``.
+        unit_log_alpha: log dropout rate of each output unit, ``(out_features,)``, unclipped.
+        bias: ``(out_features,)`` or ``None``; scaled by the unit's noise like the rest of its pre-activation.
+
+    Examples:
+        >>> layer = LinearUnitSVD(784, 300)
+        >>> layer.eval()(torch.randn(2, 784)).shape
+        torch.Size([2, 300])
+    """
+
+    spatial_dims = 0
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        threshold: float = 3.0,
+        log_alpha_clip: float = 8.0,
+        init_log_alpha: float = -8.0,
+        train_mask: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = in_features
+        self.out_features = out_features
+        self.threshold = threshold
+        self.log_alpha_clip = log_alpha_clip
+        self.init_log_alpha = init_log_alpha
+        self.train_mask = train_mask
+        self.theta = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.unit_log_alpha = nn.Parameter(torch.empty(out_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialisation for ``theta`` and ``bias``; ``init_log_alpha`` for every unit."""
+        nn.init.kaiming_uniform_(self.theta, a=math.sqrt(5))
+        nn.init.constant_(self.unit_log_alpha, self.init_log_alpha)
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return F.linear(x, self.masked_weight(), self.masked_bias())
+        return self._sample(F.linear(x, self.theta, self.bias))
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, config: SVDConfig | None = None) -> LinearUnitSVD:
+        """A unit-dropout layer that computes what ``linear`` does, ready to fine-tune."""
+        config = config or SVDConfig()
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            threshold=config.threshold,
+            log_alpha_clip=config.log_alpha_clip,
+            init_log_alpha=config.init_log_alpha,
+            train_mask=config.train_mask,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
+        layer.init_from_dense(linear.weight, linear.bias, config.init_log_alpha)
+        return layer
+
+    def empty_dense(self) -> nn.Linear:
+        return nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.theta.device,
+            dtype=self.theta.dtype,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, {self._svd_repr()}"
+        )
+
+
+class Conv2dUnitSVD(UnitSVDLayer):
+    """``nn.Conv2d`` whose output filters have learned Gaussian dropout, one rate per filter.
+
+    One noise value per example and filter scales the filter's whole feature map, as a random scale on the
+    filter would; each output value then has mean ``m`` and variance ``alpha * m^2``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as for ``nn.Conv2d``
+            (zero padding only).
+        threshold, log_alpha_clip, init_log_alpha, train_mask: see ``SVDConfig``.
+
+    Shape:
+        Input ``(N, in_channels, H, W)``, output ``(N, out_channels, H_out, W_out)`` as for ``nn.Conv2d``.
+
+    Attributes:
+        theta: weights, ``(out_channels, in_channels / groups, kH, kW)``.
+        unit_log_alpha: log dropout rate of each filter, ``(out_channels,)``, unclipped.
+        bias: ``(out_channels,)`` or ``None``.
+    """
+
+    spatial_dims = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        threshold: float = 3.0,
+        log_alpha_clip: float = 8.0,
+        init_log_alpha: float = -8.0,
+        train_mask: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must be positive and divide in_channels={in_channels} "
+                f"and out_channels={out_channels}"
+            )
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.threshold = threshold
+        self.log_alpha_clip = log_alpha_clip
+        self.init_log_alpha = init_log_alpha
+        self.train_mask = train_mask
+        self.theta = nn.Parameter(torch.empty((out_channels, in_channels // groups, *self.kernel_size), **factory))
+        self.unit_log_alpha = nn.Parameter(torch.empty(out_channels, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s initialisation for ``theta`` and ``bias``; ``init_log_alpha`` for every filter."""
+        nn.init.kaiming_uniform_(self.theta, a=math.sqrt(5))
+        nn.init.constant_(self.unit_log_alpha, self.init_log_alpha)
+        if self.bias is not None:
+            fan_in = self.theta[0].numel()
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self._conv_forward(x, self.masked_weight(), self.masked_bias())
+        return self._sample(self._conv_forward(x, self.theta, self.bias))
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, config: SVDConfig | None = None) -> Conv2dUnitSVD:
+        """A filter-dropout layer that computes what ``conv`` does, ready to fine-tune."""
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"only zero padding is supported, this conv uses padding_mode={conv.padding_mode!r}")
+        config = config or SVDConfig()
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,  # type: ignore[arg-type]
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=conv.padding,  # type: ignore[arg-type]
+            dilation=conv.dilation,  # type: ignore[arg-type]
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            threshold=config.threshold,
+            log_alpha_clip=config.log_alpha_clip,
+            init_log_alpha=config.init_log_alpha,
+            train_mask=config.train_mask,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        layer.init_from_dense(conv.weight, conv.bias, config.init_log_alpha)
+        return layer
+
+    def empty_dense(self) -> nn.Conv2d:
+        return nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,  # type: ignore[arg-type]
+            stride=self.stride,  # type: ignore[arg-type]
+            padding=self.padding,  # type: ignore[arg-type]
+            dilation=self.dilation,  # type: ignore[arg-type]
+            groups=self.groups,
+            bias=self.bias is not None,
+            device=self.theta.device,
+            dtype=self.theta.dtype,
+        )
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding not in ((0, 0), "valid"):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return f"{text}, {self._svd_repr()}"
