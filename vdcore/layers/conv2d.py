@@ -14,7 +14,53 @@ from vdcore.config import SVDConfig
 from vdcore.layers.base import SVDLayer
 
 
-class Conv2dSVD(SVDLayer):
+class Conv2dShape:
+    """What every convolutional Sparse VD layer shares with ``nn.Conv2d``: the convolution with given weights,
+    its dense twin and its description."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str
+    dilation: tuple[int, int]
+    groups: int
+    theta: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def empty_dense(self) -> nn.Conv2d:
+        return nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,  # type: ignore[arg-type]
+            stride=self.stride,  # type: ignore[arg-type]
+            padding=self.padding,  # type: ignore[arg-type]
+            dilation=self.dilation,  # type: ignore[arg-type]
+            groups=self.groups,
+            bias=self.bias is not None,
+            device=self.theta.device,
+            dtype=self.theta.dtype,
+        )
+
+    def extra_repr(self) -> str:
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        )
+        if self.padding not in ((0, 0), "valid"):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return f"{text}, {self._svd_repr()}"
+
+
+class Conv2dSVD(Conv2dShape, SVDLayer):
     """``nn.Conv2d`` whose weights have learned Gaussian dropout, sampled by local reparameterization.
 
     Args:
@@ -96,9 +142,6 @@ class Conv2dSVD(SVDLayer):
             self._remember_kl(kl, flag)
         return VF.conv2d_lrt(x, mean, var, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, config: SVDConfig | None = None) -> Conv2dSVD:
         """An SVD layer that computes what ``conv`` does, ready to fine-tune."""
@@ -123,32 +166,3 @@ class Conv2dSVD(SVDLayer):
         )
         layer.init_from_dense(conv.weight, conv.bias, config.init_log_alpha)
         return layer
-
-    def empty_dense(self) -> nn.Conv2d:
-        return nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,  # type: ignore[arg-type]
-            stride=self.stride,  # type: ignore[arg-type]
-            padding=self.padding,  # type: ignore[arg-type]
-            dilation=self.dilation,  # type: ignore[arg-type]
-            groups=self.groups,
-            bias=self.bias is not None,
-            device=self.theta.device,
-            dtype=self.theta.dtype,
-        )
-
-    def extra_repr(self) -> str:
-        text = (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        )
-        if self.padding not in ((0, 0), "valid"):
-            text += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if self.bias is None:
-            text += ", bias=False"
-        return f"{text}, {self._svd_repr()}"
-

@@ -13,7 +13,31 @@ from vdcore.config import SVDConfig
 from vdcore.layers.base import SVDLayer
 
 
-class LinearSVD(SVDLayer):
+class LinearShape:
+    """What every linear Sparse VD layer shares with ``nn.Linear``: its dense twin and its description."""
+
+    in_features: int
+    out_features: int
+    theta: nn.Parameter
+    bias: nn.Parameter | None
+
+    def empty_dense(self) -> nn.Linear:
+        return nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.theta.device,
+            dtype=self.theta.dtype,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, {self._svd_repr()}"
+        )
+
+
+class LinearSVD(LinearShape, SVDLayer):
     """``nn.Linear`` whose weights have learned Gaussian dropout, sampled by local reparameterization.
 
     Args:
@@ -99,18 +123,3 @@ class LinearSVD(SVDLayer):
         )
         layer.init_from_dense(linear.weight, linear.bias, config.init_log_alpha)
         return layer
-
-    def empty_dense(self) -> nn.Linear:
-        return nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=self.theta.device,
-            dtype=self.theta.dtype,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, {self._svd_repr()}"
-        )

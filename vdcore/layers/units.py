@@ -20,6 +20,8 @@ from torch.nn.modules.utils import _pair
 from vdcore import functional as VF
 from vdcore.config import SVDConfig
 from vdcore.layers.base import SVDLayer
+from vdcore.layers.conv2d import Conv2dShape
+from vdcore.layers.linear import LinearShape
 
 
 class UnitSVDLayer(SVDLayer):
@@ -99,7 +101,7 @@ class UnitSVDLayer(SVDLayer):
             self.bias.copy_(bias)
 
 
-class LinearUnitSVD(UnitSVDLayer):
+class LinearUnitSVD(LinearShape, UnitSVDLayer):
     """``nn.Linear`` whose output units have learned Gaussian dropout, one rate per unit.
 
     Args:
@@ -179,23 +181,8 @@ class LinearUnitSVD(UnitSVDLayer):
         layer.init_from_dense(linear.weight, linear.bias, config.init_log_alpha)
         return layer
 
-    def empty_dense(self) -> nn.Linear:
-        return nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=self.theta.device,
-            dtype=self.theta.dtype,
-        )
 
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, {self._svd_repr()}"
-        )
-
-
-class Conv2dUnitSVD(UnitSVDLayer):
+class Conv2dUnitSVD(Conv2dShape, UnitSVDLayer):
     """``nn.Conv2d`` whose output filters have learned Gaussian dropout, one rate per filter.
 
     One noise value per example and filter scales the filter's whole feature map, as a random scale on the
@@ -273,9 +260,6 @@ class Conv2dUnitSVD(UnitSVDLayer):
             return self._conv_forward(x, self.masked_weight(), self.masked_bias())
         return self._sample(self._conv_forward(x, self.theta, self.bias))
 
-    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, config: SVDConfig | None = None) -> Conv2dUnitSVD:
         """A filter-dropout layer that computes what ``conv`` does, ready to fine-tune."""
@@ -300,29 +284,3 @@ class Conv2dUnitSVD(UnitSVDLayer):
         )
         layer.init_from_dense(conv.weight, conv.bias, config.init_log_alpha)
         return layer
-
-    def empty_dense(self) -> nn.Conv2d:
-        return nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,  # type: ignore[arg-type]
-            stride=self.stride,  # type: ignore[arg-type]
-            padding=self.padding,  # type: ignore[arg-type]
-            dilation=self.dilation,  # type: ignore[arg-type]
-            groups=self.groups,
-            bias=self.bias is not None,
-            device=self.theta.device,
-            dtype=self.theta.dtype,
-        )
-
-    def extra_repr(self) -> str:
-        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self.padding not in ((0, 0), "valid"):
-            text += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            text += f", dilation={self.dilation}"
-        if self.groups != 1:
-            text += f", groups={self.groups}"
-        if self.bias is None:
-            text += ", bias=False"
-        return f"{text}, {self._svd_repr()}"
