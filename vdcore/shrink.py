@@ -68,7 +68,7 @@ class GatherInput(nn.Module):
 
 
 @torch.no_grad()
-def shrink(model: nn.Module, example_input: Tensor) -> nn.Sequential:
+def shrink(model: nn.Module, example_input: Tensor, gather_inputs: bool = True) -> nn.Sequential:
     """A new, physically smaller network that computes what ``model`` computes in eval mode.
 
     Sparse VD layers are pruned first. Between two consecutive weight layers, a unit of the first is removed
@@ -82,6 +82,9 @@ def shrink(model: nn.Module, example_input: Tensor) -> nn.Sequential:
             ``nn.BatchNorm1d/2d``, ``nn.ReLU``, ``nn.Tanh``, ``nn.MaxPool2d``, ``nn.AvgPool2d``, ``nn.Flatten``,
             ``nn.Dropout`` and ``nn.Identity``, or the same with Sparse VD layers. It is not changed.
         example_input: a batch (of any size) shaped like the model's input; it fixes the spatial sizes.
+        gather_inputs: drop unread inputs with a leading ``GatherInput``. ``False`` keeps every input and
+            leaves the unread ones as zero columns of the first layer: onnxruntime gathers across features
+            slowly, and from a batch of about 100 the gather costs more than the multiplications it saves.
 
     Returns:
         A flat ``nn.Sequential`` in eval mode, on the device and in the dtype of ``model``.
@@ -106,7 +109,8 @@ def shrink(model: nn.Module, example_input: Tensor) -> nn.Sequential:
         changed = False
         for ia, ib in _weight_pairs(layers):
             changed |= _shrink_pair(layers, ia, ib, _input_shapes(layers, x))
-    layers = _gather_read_inputs(layers, _input_shapes(layers, x))
+    if gather_inputs:
+        layers = _gather_read_inputs(layers, _input_shapes(layers, x))
     return nn.Sequential(*layers).eval()
 
 

@@ -89,6 +89,15 @@ def test_mlp_dead_units_go_and_outputs_match() -> None:
     assert not small.training
 
 
+def test_without_gathering_inputs_the_first_layer_keeps_unread_inputs_as_zero_columns() -> None:
+    net = make_mlp()
+    small = shrink(net, torch.randn(1, 1, 8, 8), gather_inputs=False)
+    assert_same_outputs(net, small, (1, 8, 8))
+    assert not any(isinstance(m, GatherInput) for m in small)
+    assert weight_sizes(small) == [(14, 64), (10, 14), (5, 10)]
+    assert (small[1].weight[:, [0, 7, 8, 63]] == 0).all()
+
+
 def test_cnn_dead_channels_go_and_outputs_match() -> None:
     net = make_cnn()
     small = shrink(net, torch.randn(2, 3, 14, 14))

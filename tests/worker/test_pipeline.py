@@ -3,16 +3,29 @@
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from torch import nn
 
 import vdcore
 from vdcore.data import load_digits
 from vdcore.export import onnx_session
 from vdcore.presets import lenet_300_100
+from vdcore.shrink import GatherInput
 from vdcore.spec import build_model
 from vdcore.weights import save_weights
-from worker.pipeline import ARTIFACTS, Cancelled, JobError, JobInput, JobOptions, _start_from_scratch, prepare, run
+from worker.pipeline import (
+    ARTIFACTS,
+    Cancelled,
+    JobError,
+    JobInput,
+    JobOptions,
+    _start_from_scratch,
+    export_fastest,
+    prepare,
+    run,
+)
 
 FAST = JobOptions(epochs=4, pretrain_epochs=2, batch_size=50, lr=3e-3, device="cpu")
 
@@ -47,6 +60,31 @@ def test_exported_model_has_the_reported_accuracy_in_onnxruntime(finished):
         logits = onnx_session(out / name).run(None, {"input": data.x_val.numpy()})[0]
         accuracy = float(np.mean(logits.argmax(1) == data.y_val.numpy()))
         assert accuracy == pytest.approx(report["accuracy"][key], abs=1e-9)
+
+
+def test_export_fastest_times_both_forms_and_keeps_one(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10)).eval()
+    with torch.no_grad():
+        net[1].weight[:, ::3] = 0  # a third of the pixels unread: a Gather could drop them
+    example = torch.randn(1, 1, 28, 28)
+    baseline = vdcore.export_onnx(net, tmp_path / "baseline.onnx", example)
+    small, compressed, latency = export_fastest(net, example, baseline, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["baseline.onnx", "model.onnx"]
+    assert compressed.path == tmp_path / "model.onnx"
+    ops = {node.op_type for node in onnx.load(compressed.path).graph.node}
+    assert ("Gather" in ops) == any(isinstance(m, GatherInput) for m in small)
+    assert set(latency) == {"batch_1", "batch_100"} and all(row["speedup"] > 0 for row in latency.values())
+    x = torch.randn(5, 1, 28, 28)
+    logits = onnx_session(compressed.path).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(logits, net(x).detach().numpy(), atol=1e-4)
+
+
+def test_the_faster_of_the_two_shrunk_forms_is_kept(finished):
+    """With and without a leading Gather of the read pixels: the report says which one model.onnx is."""
+    out, report, _ = finished
+    ops = {node.op_type for node in onnx.load(out / "model.onnx").graph.node}
+    assert ("Gather" in ops) == report["input_gather"]
 
 
 def test_progress_events(finished):
