@@ -40,6 +40,9 @@ class SVDConfig(_DictMixin):
             units are dropped and ``shrink`` removes them (real speed-ups); the last layer, the classifier, keeps
             per-weight rates, since dropping a class's logit would drop the class. Unit layers start at
             ``init_log_alpha``, also when built from scratch.
+        unit_kl_exponent: with ``"unit"``, each unit's KL term counts ``fan_in ** unit_kl_exponent`` times: 0 is
+            the plain model (one term per unit, which frees few units), 1 counts it like a per-weight layer's
+            (which frees too many); higher keeps fewer units.
     """
 
     threshold: float = 3.0
@@ -48,10 +51,13 @@ class SVDConfig(_DictMixin):
     init_log_alpha: float = -8.0
     train_mask: bool = True
     granularity: Literal["weight", "unit"] = "weight"
+    unit_kl_exponent: float = 0.5
 
     def __post_init__(self) -> None:
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}")
+        if not 0 <= self.unit_kl_exponent <= 1:
+            raise ValueError(f"unit_kl_exponent must lie in [0, 1], got {self.unit_kl_exponent}")
         if self.log_alpha_clip <= 0:
             raise ValueError(f"log_alpha_clip must be positive, got {self.log_alpha_clip}")
         if not -self.log_alpha_clip < self.threshold < self.log_alpha_clip:

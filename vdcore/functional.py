@@ -87,21 +87,17 @@ def conv2d_lrt(
     return lrt_sample(mean, var)
 
 
-def unit_dropout_sample(
-    pre: Tensor, log_alpha: Tensor, keep: Tensor | None = None, noise_shape: tuple[int, ...] | None = None
-) -> Tensor:
-    """Gaussian dropout on whole units: ``pre * z`` with ``z ~ N(keep, alpha)``, one ``z`` per unit and example.
+def unit_scale_sample(pre: Tensor, scale_mean: Tensor, scale_std: Tensor, noise_shape: tuple[int, ...]) -> Tensor:
+    """Whole units scaled by Gaussian noise: ``pre * s`` with ``s ~ N(scale_mean, scale_std^2)``.
 
-    ``pre`` is the deterministic pre-activation ``x . w_j + b_j``; ``log_alpha`` (already clipped) and ``keep``
-    (the training mask, or ``None`` for all ones) broadcast against it, e.g. ``(C, 1, 1)`` for a convolution's
-    channels. ``noise_shape`` says which values share one draw (default: none do); ``(N, C, 1, 1)`` gives a
-    whole feature map one ``z``, as a random scale on the filter would. Each output has mean ``keep * pre`` and
-    variance ``alpha * pre^2``: the unit's output is sampled directly, which is the local reparameterization
-    of a per-unit scale.
+    ``pre`` is the deterministic pre-activation ``x . w_j + b_j``; ``scale_mean`` and ``scale_std`` broadcast
+    against it, e.g. ``(C, 1, 1)`` for a convolution's channels. ``noise_shape`` says which values share one
+    draw; ``(N, C, 1, 1)`` gives a whole feature map one ``s``, as a random scale on the filter would. Each
+    output has mean ``scale_mean * pre`` and variance ``scale_std^2 * pre^2``: the unit's output is sampled
+    directly, which is the local reparameterization of a per-unit scale.
     """
-    eps = torch.randn(pre.shape if noise_shape is None else noise_shape, dtype=pre.dtype, device=pre.device)
-    z = torch.exp(0.5 * log_alpha) * eps
-    return pre * (z + keep if keep is not None else z + 1.0)
+    eps = torch.randn(noise_shape, dtype=pre.dtype, device=pre.device)
+    return pre * (scale_mean + scale_std * eps)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -55,8 +55,15 @@ def unit_layers(model: nn.Module) -> list[UnitSVDLayer]:
 
 
 @torch.no_grad()
+def set_log_alpha(layer: UnitSVDLayer, log_alpha: torch.Tensor) -> None:
+    """Scale 1 and variance ``exp(log_alpha)`` for every unit."""
+    layer.unit_theta.fill_(1.0)
+    layer.unit_log_sigma2.copy_(log_alpha)
+
+
+@torch.no_grad()
 def drop(layer: UnitSVDLayer, units: list[int]) -> None:
-    layer.unit_log_alpha[units] = 20.0  # clipped to 8, above the threshold 3
+    layer.unit_log_sigma2[units] = 20.0  # log_alpha clipped to 8, above the threshold 3
 
 
 def assert_same_outputs(expected: nn.Module, got: nn.Module, x: torch.Tensor) -> None:
@@ -67,7 +74,7 @@ def assert_same_outputs(expected: nn.Module, got: nn.Module, x: torch.Tensor) ->
 def test_layers_have_one_log_alpha_per_unit_and_read_as_specs():
     linear = LinearUnitSVD(784, 300, threshold=2.5)
     assert repr(linear) == "LinearUnitSVD(in_features=784, out_features=300, bias=True, threshold=2.5)"
-    assert {n for n, _ in linear.named_parameters()} == {"theta", "unit_log_alpha", "bias"}
+    assert {n for n, _ in linear.named_parameters()} == {"theta", "unit_theta", "unit_log_sigma2", "bias"}
     assert linear.log_alpha.shape == (300,) and linear.mask().shape == (300, 784)
     assert linear(torch.randn(7, 784)).shape == (7, 300)
     assert linear.eval()(torch.randn(2, 5, 784)).shape == (2, 5, 300)
@@ -121,8 +128,7 @@ def test_linear_training_output_has_the_formula_mean_and_variance():
     torch.manual_seed(0)
     layer = LinearUnitSVD(6, 5)
     log_alpha = torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.0])
-    with torch.no_grad():
-        layer.unit_log_alpha.copy_(log_alpha)
+    set_log_alpha(layer, log_alpha)
     x = torch.randn(1, 6)
     mean, var, pre = _monte_carlo(layer, x, samples=200_000)
     alpha = log_alpha.exp()
@@ -135,8 +141,8 @@ def test_conv_training_output_has_the_formula_moments_and_one_noise_per_feature_
     torch.manual_seed(0)
     layer = Conv2dUnitSVD(2, 3, 3, padding=1)
     log_alpha = torch.tensor([-2.0, 0.0, 1.0])
+    set_log_alpha(layer, log_alpha)
     with torch.no_grad():
-        layer.unit_log_alpha.copy_(log_alpha)
         layer.bias.fill_(0.5)  # keep every pre-activation away from 0 so that ratios are well defined
     x = torch.rand(1, 2, 4, 4)
     mean, var, pre = _monte_carlo(layer, x, samples=100_000)
@@ -153,8 +159,7 @@ def test_conv_training_output_has_the_formula_moments_and_one_noise_per_feature_
 def test_a_unit_above_the_threshold_has_zero_mean_in_training_and_outputs_zero_in_eval():
     torch.manual_seed(0)
     layer = LinearUnitSVD(4, 3)
-    with torch.no_grad():
-        layer.unit_log_alpha.copy_(torch.tensor([-8.0, 4.0, -8.0]))
+    set_log_alpha(layer, torch.tensor([-8.0, 4.0, -8.0]))
     x = torch.randn(1, 4)
     mean, var, _ = _monte_carlo(layer, x, samples=200_000)
     pre = torch.nn.functional.linear(x, layer.theta, layer.bias)
@@ -170,21 +175,35 @@ def test_a_unit_above_the_threshold_has_zero_mean_in_training_and_outputs_zero_i
     assert vdcore.sparsity_report(layer).nonzero == 8
 
 
-def test_kl_is_one_kl_approx_term_per_unit_and_pushes_alpha_up_even_below_the_clip():
-    layer = Conv2dUnitSVD(16, 5, 3)  # 720 weights, 5 units
-    expected = 5 * VF.kl_approx(torch.tensor(-8.0))
+def test_kl_is_one_kl_approx_term_per_unit_weighted_by_fan_in_and_pushes_alpha_up_even_below_the_clip():
+    layer = Conv2dUnitSVD(16, 5, 3)  # fan-in 144, 5 units: each term counts sqrt(144) = 12 times
+    expected = 12 * 5 * VF.kl_approx(torch.tensor(-8.0))
     torch.testing.assert_close(layer.kl(), expected)
-    with torch.no_grad():
-        layer.unit_log_alpha.copy_(torch.tensor([-12.0, -3.0, 0.0, 3.5, 30.0]))
+    set_log_alpha(layer, torch.tensor([-12.0, -3.0, 0.0, 3.5, 30.0]))
     clipped = torch.tensor([-8.0, -3.0, 0.0, 3.5, 8.0])
     assert torch.equal(layer.log_alpha.detach(), clipped)
-    torch.testing.assert_close(layer.kl(), VF.kl_approx(clipped).sum())
+    torch.testing.assert_close(layer.kl(), 12 * VF.kl_approx(clipped).sum())
+    plain = Conv2dUnitSVD.from_dense(nn.Conv2d(16, 5, 3), SVDConfig(granularity="unit", unit_kl_exponent=0.0))
+    torch.testing.assert_close(plain.kl(), 5 * VF.kl_approx(torch.tensor(-8.0)))
     model = nn.Sequential(layer, nn.Flatten(), LinearSVD(5, 2))
     torch.testing.assert_close(vdcore.kl_divergence(model), layer.kl() + model[2].kl())
     layer.kl().backward()
-    grad = layer.unit_log_alpha.grad
+    grad = layer.unit_log_sigma2.grad
     assert bool((grad[:4] < 0).all()), "the KL must push every unclipped log_alpha up, the lower clip included"
     assert float(grad[4]) == 0.0
+    assert bool((layer.unit_theta.grad[:4] > 0).all()), "and shrink the scales of those units"
+    with pytest.raises(ValueError, match="unit_kl_exponent"):
+        SVDConfig(granularity="unit", unit_kl_exponent=2.0)
+
+
+@torch.no_grad()
+def test_a_kept_units_scale_is_folded_into_its_row_and_bias():
+    layer = LinearUnitSVD(4, 3)
+    layer.unit_theta.copy_(torch.tensor([0.5, 2.0, -1.0]))
+    x = torch.randn(6, 4)
+    expected = torch.nn.functional.linear(x, layer.theta, layer.bias) * layer.unit_theta
+    torch.testing.assert_close(layer.eval()(x), expected)
+    torch.testing.assert_close(layer.to_dense()(x), expected)
 
 
 def test_a_short_run_on_digits_prunes_whole_units_and_keeps_accuracy():
@@ -255,4 +274,4 @@ def test_state_dict_round_trip_copy_and_training_forward_in_a_copy():
     torch.testing.assert_close(clone.eval()(x), model.eval()(x))
     twin = copy.deepcopy(model.train())
     twin(x).sum().backward()
-    assert all(layer.unit_log_alpha.grad is not None for layer in unit_layers(twin))
+    assert all(layer.unit_log_sigma2.grad is not None for layer in unit_layers(twin))
