@@ -22,19 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results import append_section, command_line, machine
+from bench.results import append_section, command_line, job_tables, machine, print_progress
 from worker.pipeline import JobInput, JobOptions, run
 
 # Molchanov, Ashukha and Vetrov 2017, Table 1 (Sparse VD rows): test error (%) and compression.
 PUBLISHED = {
-    "lenet-300-100": {"error": 1.92, "compression": 68, "nonzero": "1.1% - 2.7% - 38%"},
-    "lenet-5-caffe": {"error": 0.75, "compression": 280, "nonzero": "33% - 2% - 0.2% - 5%"},
+    "lenet-300-100": {"error": 1.92, "compression": 68, "nonzero": "1.1% - 2.7% - 38%", "speedup": "about 1.2x"},
+    "lenet-5-caffe": {"error": 0.75, "compression": 280, "nonzero": "33% - 2% - 0.2% - 5%", "speedup": "1.48x"},
 }
 TARGETS = {"lenet-300-100": (1.92, 68), "lenet-5-caffe": (0.80, 200)}
-
-
-def _kb(size: int) -> str:
-    return f"{size / 1024:.1f} KB"
 
 
 def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -42,7 +38,6 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
     error_after = 100 * (1 - report["accuracy"]["after"])
     published, (max_error, min_compression) = PUBLISHED[net], TARGETS[net]
     met = error_after <= max_error and report["compression"] >= min_compression
-    files, timings = report["files"], report["timings"]
     nonzero = " - ".join(f"{1 - layer['sparsity']:.1%}" for layer in report["layers"])
     lines = [
         f"- machine: {machine(torch.device(report['device']))}",
@@ -58,25 +53,11 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
         f"| compression (all weights / non-zero) | {report['compression']:.1f}x | {published['compression']}x |",
         f"| non-zero weights per layer | {nonzero} | {published['nonzero']} |",
         f"| units per layer, before -> after shrink | {report['units']['before']} -> {report['units']['after']} | - |",
+        f"| onnxruntime CPU speed-up, batch 1 / 100 | {report['latency']['batch_1']['speedup']:.2f}x / "
+        f"{report['latency']['batch_100']['speedup']:.2f}x | {published['speedup']} (its own runtime) |",
         "",
-        "| file | dense | compressed | ratio |",
-        "|---|---|---|---|",
+        *job_tables(report, args.pretrain_epochs, args.epochs, "Sparse VD training"),
     ]
-    for kind in ("bytes", "gzip_bytes"):
-        dense, small = files["baseline.onnx"][kind], files["model.onnx"][kind]
-        lines.append(f"| ONNX, {'raw' if kind == 'bytes' else 'gzip'} | {_kb(dense)} | {_kb(small)} | "
-                     f"{dense / small:.1f}x |")
-    lines += ["", "| onnxruntime CPU latency | dense (ms) | compressed (ms) | speed-up |", "|---|---|---|---|"]
-    for batch, row in report["latency"].items():
-        lines.append(f"| {batch.replace('_', ' ')} | {row['baseline_ms']:.3f} | {row['compressed_ms']:.3f} | "
-                     f"{row['speedup']:.2f}x |")
-    lines += ["", "| time | seconds | per epoch |", "|---|---|---|"]
-    if "pretraining_s" in timings:
-        lines.append(f"| dense pretraining ({args.pretrain_epochs} epochs) | {timings['pretraining_s']:.0f} | "
-                     f"{timings['pretraining_s'] / args.pretrain_epochs:.1f} |")
-    lines.append(f"| Sparse VD training ({args.epochs} epochs) | {timings['training_s']:.0f} | "
-                 f"{timings['training_s'] / args.epochs:.1f} |")
-    lines.append(f"| whole job | {timings['total_s']:.0f} | - |")
     return lines
 
 
@@ -100,14 +81,8 @@ def main() -> None:
                          lr=args.lr, seed=args.seed, device=args.device)
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
 
-    def progress(event: dict[str, Any]) -> None:
-        if "epoch" in event:
-            print(f"{event['stage']} {event['epoch']}/{event['epochs']} loss {event['data_loss']:.4f} "
-                  f"val {event['val_accuracy']:.4f} compression {event['compression']:.1f}x "
-                  f"{event['seconds']:.1f}s", flush=True)
-
     out = Path(args.out) / args.net
-    report = run(job, out, progress)
+    report = run(job, out, print_progress)
     lines = describe(args.net, report, args)
     title = f"MNIST {args.net}, " + (f"{args.pretrain_epochs} dense + " if args.pretrain_epochs else "from scratch, ")
     title += f"{args.epochs} Sparse VD epochs"

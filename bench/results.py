@@ -8,6 +8,7 @@ import platform
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,3 +47,46 @@ def append_section(title: str, lines: list[str]) -> str:
     with RESULTS.open("a") as f:
         f.write(f"\n{text}")
     return text
+
+
+def print_progress(event: dict[str, Any]) -> None:
+    """A job's epoch events on one line each, for a benchmark's console."""
+    if "epoch" in event:
+        print(f"{event['stage']} {event['epoch']}/{event['epochs']} loss {event['data_loss']:.4f} "
+              f"val {event['val_accuracy']:.4f} compression {event['compression']:.1f}x "
+              f"{event['seconds']:.1f}s", flush=True)
+
+
+def _kb(size: int) -> str:
+    return f"{size / 1024:.1f} KB"
+
+
+def job_tables(report: dict[str, Any], pretrain_epochs: int, epochs: int, stage: str) -> list[str]:
+    """The latency, file-size and time tables of a pipeline report, dense against compressed.
+
+    The time table sets a compressing epoch against a dense one when the job pretrained (``stage`` names the
+    compressing stage), both measured in the same run.
+    """
+    latency, files, timings = report["latency"], report["files"], report["timings"]
+    form = "a Gather of the read inputs first" if report.get("input_gather") else "every input kept"
+    lines = [f"ONNX form kept (the faster of the two, timed): {form}.", "",
+             "| onnxruntime CPU latency | dense (ms) | compressed (ms) | speed-up |", "|---|---|---|---|"]
+    for batch, row in latency.items():
+        lines.append(f"| {batch.replace('_', ' ')} | {row['baseline_ms']:.3f} | {row['compressed_ms']:.3f} | "
+                     f"{row['speedup']:.2f}x |")
+    lines += ["", "| file | dense | compressed | ratio |", "|---|---|---|---|"]
+    for kind in ("bytes", "gzip_bytes"):
+        dense, small = files["baseline.onnx"][kind], files["model.onnx"][kind]
+        lines.append(f"| ONNX, {'raw' if kind == 'bytes' else 'gzip'} | {_kb(dense)} | {_kb(small)} | "
+                     f"{dense / small:.1f}x |")
+    lines += ["", "| time | seconds | per epoch |", "|---|---|---|"]
+    per_epoch = timings["training_s"] / epochs
+    if "pretraining_s" in timings:
+        dense_epoch = timings["pretraining_s"] / pretrain_epochs
+        lines.append(f"| dense pretraining ({pretrain_epochs} epochs) | {timings['pretraining_s']:.0f} | "
+                     f"{dense_epoch:.1f} |")
+    lines.append(f"| {stage} ({epochs} epochs) | {timings['training_s']:.0f} | {per_epoch:.1f} |")
+    lines.append(f"| whole job | {timings['total_s']:.0f} | - |")
+    if "pretraining_s" in timings:
+        lines += ["", f"A {stage} epoch took {per_epoch / dense_epoch:.2f}x a dense epoch (same run, same data)."]
+    return lines

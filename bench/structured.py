@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results import append_section, command_line, machine
+from bench.results import append_section, command_line, job_tables, machine, print_progress
 from worker.pipeline import JobInput, JobOptions, run
 
 # Structured Bayesian Pruning (Neklyudov, Molchanov, Ashukha and Vetrov, NIPS 2017, "Structured Bayesian Pruning
@@ -38,15 +38,11 @@ PUBLISHED_SBP = {
 }
 
 
-def _kb(size: int) -> str:
-    return f"{size / 1024:.1f} KB"
-
-
 def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list[str]:
     error_before = 100 * (1 - report["accuracy"]["before"])
     error_after = 100 * (1 - report["accuracy"]["after"])
     sbp = PUBLISHED_SBP[net]
-    latency, files, timings = report["latency"], report["files"], report["timings"]
+    latency = report["latency"]
     best_speedup = max(row["speedup"] for row in latency.values())
     met = error_after <= sbp["error"] and best_speedup >= sbp["speedup"]
     nonzero = " - ".join(f"{1 - layer['sparsity']:.1%}" for layer in report["layers"])
@@ -70,24 +66,8 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
         f"| onnxruntime CPU speed-up, batch 1 / 100 | {latency['batch_1']['speedup']:.2f}x / "
         f"{latency['batch_100']['speedup']:.2f}x | {sbp['speedup']}x |",
         "",
-        "| onnxruntime CPU latency | dense (ms) | compressed (ms) | speed-up |",
-        "|---|---|---|---|",
     ]
-    for batch, row in latency.items():
-        lines.append(f"| {batch.replace('_', ' ')} | {row['baseline_ms']:.3f} | {row['compressed_ms']:.3f} | "
-                     f"{row['speedup']:.2f}x |")
-    lines += ["", "| file | dense | compressed | ratio |", "|---|---|---|---|"]
-    for kind in ("bytes", "gzip_bytes"):
-        dense, small = files["baseline.onnx"][kind], files["model.onnx"][kind]
-        lines.append(f"| ONNX, {'raw' if kind == 'bytes' else 'gzip'} | {_kb(dense)} | {_kb(small)} | "
-                     f"{dense / small:.1f}x |")
-    lines += ["", "| time | seconds | per epoch |", "|---|---|---|"]
-    if "pretraining_s" in timings:
-        lines.append(f"| dense pretraining ({args.pretrain_epochs} epochs) | {timings['pretraining_s']:.0f} | "
-                     f"{timings['pretraining_s'] / args.pretrain_epochs:.1f} |")
-    lines.append(f"| unit-dropout training ({args.epochs} epochs) | {timings['training_s']:.0f} | "
-                 f"{timings['training_s'] / args.epochs:.1f} |")
-    lines.append(f"| whole job | {timings['total_s']:.0f} | - |")
+    lines += job_tables(report, args.pretrain_epochs, args.epochs, "unit-dropout training")
     return lines
 
 
@@ -112,14 +92,8 @@ def main() -> None:
                          lr=args.lr, threshold=args.threshold, seed=args.seed, device=args.device, structured=True)
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
 
-    def progress(event: dict[str, Any]) -> None:
-        if "epoch" in event:
-            print(f"{event['stage']} {event['epoch']}/{event['epochs']} loss {event['data_loss']:.4f} "
-                  f"val {event['val_accuracy']:.4f} compression {event['compression']:.1f}x "
-                  f"{event['seconds']:.1f}s", flush=True)
-
     out = Path(args.out) / args.net
-    report = run(job, out, progress)
+    report = run(job, out, print_progress)
     lines = describe(args.net, report, args)
     title = f"MNIST {args.net}, structured (unit dropout), " + (
         f"{args.pretrain_epochs} dense + " if args.pretrain_epochs else "from scratch, "
