@@ -142,6 +142,12 @@ class JobOptionsRequest(BaseModel):
     structured: bool = Field(
         _OPTIONS.structured, description="one dropout rate per unit or filter, so whole units are removed (speed)"
     )
+    unit_kl_exponent: float = Field(
+        _OPTIONS.unit_kl_exponent,
+        ge=0,
+        le=1,
+        description="with structured: each unit's KL counts fan_in ** this; higher keeps fewer units (faster)",
+    )
 
     @model_validator(mode="after")
     def _pipeline_accepts(self) -> JobOptionsRequest:

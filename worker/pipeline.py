@@ -75,6 +75,8 @@ class JobOptions(_DictMixin):
     device: str = "auto"
     # One dropout rate per unit / filter instead of per weight, so whole units go (SVDConfig.granularity "unit").
     structured: bool = False
+    # With structured: each unit's KL counts fan_in ** unit_kl_exponent times; higher keeps fewer units.
+    unit_kl_exponent: float = 0.5
 
     def __post_init__(self) -> None:
         if self.pretrain_epochs < 0:
@@ -99,7 +101,11 @@ class JobOptions(_DictMixin):
         )
 
     def svd_config(self) -> SVDConfig:
-        return SVDConfig(threshold=self.threshold, granularity="unit" if self.structured else "weight")
+        return SVDConfig(
+            threshold=self.threshold,
+            granularity="unit" if self.structured else "weight",
+            unit_kl_exponent=self.unit_kl_exponent,
+        )
 
 
 @dataclass(frozen=True)
