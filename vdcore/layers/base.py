@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from vdcore import functional as VF
+from vdcore.config import SVDConfig
 
 
 class _KLCache:
@@ -112,6 +113,16 @@ class SVDLayer(nn.Module):
         state = super().__getstate__()
         state.pop("_kl_cache", None)
         return state
+
+    @staticmethod
+    def config_args(config: SVDConfig) -> dict[str, Any]:
+        """The constructor arguments that ``config`` sets for this kind of layer."""
+        return {
+            "threshold": config.threshold,
+            "log_alpha_clip": config.log_alpha_clip,
+            "init_log_sigma2": config.init_log_sigma2,
+            "train_mask": config.train_mask,
+        }
 
     def empty_dense(self) -> nn.Linear | nn.Conv2d:
         """The plain layer of the same shape, uninitialised; each layer type says which."""

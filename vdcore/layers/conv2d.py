@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,54 @@ class Conv2dShape:
     groups: int
     theta: nn.Parameter
     bias: nn.Parameter | None
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, config: SVDConfig | None = None) -> Self:
+        """A layer of this kind that computes what ``conv`` does, ready to fine-tune."""
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"only zero padding is supported, this conv uses padding_mode={conv.padding_mode!r}")
+        config = config or SVDConfig()
+        layer = cls(  # type: ignore[call-arg]
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            **cls.config_args(config),  # type: ignore[attr-defined]
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        layer.init_from_dense(conv.weight, conv.bias, config.init_log_alpha)  # type: ignore[attr-defined]
+        return layer
+
+    def _set_geometry(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int],
+        padding: int | tuple[int, int] | str,
+        dilation: int | tuple[int, int],
+        groups: int,
+    ) -> None:
+        """Check and keep the convolution's geometry, as ``nn.Conv2d`` would."""
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must be positive and divide in_channels={in_channels} "
+                f"and out_channels={out_channels}"
+            )
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
@@ -95,21 +144,8 @@ class Conv2dSVD(Conv2dShape, SVDLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if groups < 1 or in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups={groups} must be positive and divide in_channels={in_channels} "
-                f"and out_channels={out_channels}"
-            )
-        if isinstance(padding, str) and padding not in ("same", "valid"):
-            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        self._set_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         factory = {"device": device, "dtype": dtype}
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = groups
         self.threshold = threshold
         self.log_alpha_clip = log_alpha_clip
         self.init_log_sigma2 = init_log_sigma2
@@ -141,28 +177,3 @@ class Conv2dSVD(Conv2dShape, SVDLayer):
             )
             self._remember_kl(kl, flag)
         return VF.conv2d_lrt(x, mean, var, self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-    @classmethod
-    def from_dense(cls, conv: nn.Conv2d, config: SVDConfig | None = None) -> Conv2dSVD:
-        """An SVD layer that computes what ``conv`` does, ready to fine-tune."""
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"only zero padding is supported, this conv uses padding_mode={conv.padding_mode!r}")
-        config = config or SVDConfig()
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,  # type: ignore[arg-type]
-            stride=conv.stride,  # type: ignore[arg-type]
-            padding=conv.padding,  # type: ignore[arg-type]
-            dilation=conv.dilation,  # type: ignore[arg-type]
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            threshold=config.threshold,
-            log_alpha_clip=config.log_alpha_clip,
-            init_log_sigma2=config.init_log_sigma2,
-            train_mask=config.train_mask,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        layer.init_from_dense(conv.weight, conv.bias, config.init_log_alpha)
-        return layer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,21 @@ class LinearShape:
     out_features: int
     theta: nn.Parameter
     bias: nn.Parameter | None
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, config: SVDConfig | None = None) -> Self:
+        """A layer of this kind that computes what ``linear`` does, ready to fine-tune."""
+        config = config or SVDConfig()
+        layer = cls(  # type: ignore[call-arg]
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            **cls.config_args(config),  # type: ignore[attr-defined]
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
+        layer.init_from_dense(linear.weight, linear.bias, config.init_log_alpha)  # type: ignore[attr-defined]
+        return layer
 
     def empty_dense(self) -> nn.Linear:
         return nn.Linear(
@@ -105,21 +121,3 @@ class LinearSVD(LinearShape, SVDLayer):
         )
         self._remember_kl(kl, flag)
         return out
-
-    @classmethod
-    def from_dense(cls, linear: nn.Linear, config: SVDConfig | None = None) -> LinearSVD:
-        """An SVD layer that computes what ``linear`` does, ready to fine-tune."""
-        config = config or SVDConfig()
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            threshold=config.threshold,
-            log_alpha_clip=config.log_alpha_clip,
-            init_log_sigma2=config.init_log_sigma2,
-            train_mask=config.train_mask,
-            device=linear.weight.device,
-            dtype=linear.weight.dtype,
-        )
-        layer.init_from_dense(linear.weight, linear.bias, config.init_log_alpha)
-        return layer

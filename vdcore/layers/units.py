@@ -17,11 +17,11 @@ At evaluation a unit with ``log_alpha > threshold`` outputs 0: its weight row an
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
 from vdcore import functional as VF
 from vdcore.config import SVDConfig
@@ -57,6 +57,16 @@ class UnitSVDLayer(SVDLayer):
     def kl(self) -> Tensor:
         """This layer's KL term: one ``kl_approx`` per unit, each counted ``fan_in ** kl_exponent`` times."""
         return VF.kl_approx(self.log_alpha).sum() * self.theta[0].numel() ** self.kl_exponent
+
+    @staticmethod
+    def config_args(config: SVDConfig) -> dict[str, Any]:
+        return {
+            "threshold": config.threshold,
+            "log_alpha_clip": config.log_alpha_clip,
+            "init_log_alpha": config.init_log_alpha,
+            "kl_exponent": config.unit_kl_exponent,
+            "train_mask": config.train_mask,
+        }
 
     def unit_mask(self) -> Tensor:
         """1 for each unit kept at evaluation, 0 for each dropped one; ``(units,)``."""
@@ -181,25 +191,6 @@ class LinearUnitSVD(LinearShape, UnitSVDLayer):
             return F.linear(x, self.masked_weight(), self.masked_bias())
         return self._sample(F.linear(x, self.theta, self.bias))
 
-    @classmethod
-    def from_dense(cls, linear: nn.Linear, config: SVDConfig | None = None) -> LinearUnitSVD:
-        """A unit-dropout layer that computes what ``linear`` does, ready to fine-tune."""
-        config = config or SVDConfig()
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            threshold=config.threshold,
-            log_alpha_clip=config.log_alpha_clip,
-            init_log_alpha=config.init_log_alpha,
-            kl_exponent=config.unit_kl_exponent,
-            train_mask=config.train_mask,
-            device=linear.weight.device,
-            dtype=linear.weight.dtype,
-        )
-        layer.init_from_dense(linear.weight, linear.bias, config.init_log_alpha)
-        return layer
-
 
 class Conv2dUnitSVD(Conv2dShape, UnitSVDLayer):
     """``nn.Conv2d`` whose output filters have learned Gaussian dropout, one rate per filter.
@@ -243,21 +234,8 @@ class Conv2dUnitSVD(Conv2dShape, UnitSVDLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if groups < 1 or in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups={groups} must be positive and divide in_channels={in_channels} "
-                f"and out_channels={out_channels}"
-            )
-        if isinstance(padding, str) and padding not in ("same", "valid"):
-            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        self._set_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         factory = {"device": device, "dtype": dtype}
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = groups
         self.threshold = threshold
         self.log_alpha_clip = log_alpha_clip
         self.init_log_alpha = init_log_alpha
@@ -283,29 +261,3 @@ class Conv2dUnitSVD(Conv2dShape, UnitSVDLayer):
         if not self.training:
             return self._conv_forward(x, self.masked_weight(), self.masked_bias())
         return self._sample(self._conv_forward(x, self.theta, self.bias))
-
-    @classmethod
-    def from_dense(cls, conv: nn.Conv2d, config: SVDConfig | None = None) -> Conv2dUnitSVD:
-        """A filter-dropout layer that computes what ``conv`` does, ready to fine-tune."""
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"only zero padding is supported, this conv uses padding_mode={conv.padding_mode!r}")
-        config = config or SVDConfig()
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,  # type: ignore[arg-type]
-            stride=conv.stride,  # type: ignore[arg-type]
-            padding=conv.padding,  # type: ignore[arg-type]
-            dilation=conv.dilation,  # type: ignore[arg-type]
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            threshold=config.threshold,
-            log_alpha_clip=config.log_alpha_clip,
-            init_log_alpha=config.init_log_alpha,
-            kl_exponent=config.unit_kl_exponent,
-            train_mask=config.train_mask,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        layer.init_from_dense(conv.weight, conv.bias, config.init_log_alpha)
-        return layer
