@@ -13,7 +13,17 @@ from vdcore.data import DataError, Dataset, load_builtin, load_idx_dir, load_npz
 from vdcore.device import resolve_device
 from vdcore.export import ExportError, ExportResult, export_onnx, onnx_parity, onnx_session
 from vdcore.latency import Latency, measure_latency
-from vdcore.layers import Conv2dSVD, Conv2dUnitSVD, LinearSVD, LinearUnitSVD, SVDLayer, UnitSVDLayer
+from vdcore.layers import (
+    Conv2dScaledSVD,
+    Conv2dSVD,
+    Conv2dUnitSVD,
+    LinearScaledSVD,
+    LinearSVD,
+    LinearUnitSVD,
+    ScaledSVDLayer,
+    SVDLayer,
+    UnitSVDLayer,
+)
 from vdcore.loss import elbo_loss, kl_divergence
 from vdcore.presets import PRESETS, preset_spec
 from vdcore.prune import prune
@@ -44,6 +54,7 @@ __all__ = [
     "PRESETS",
     "BinaryDropoutLinear",
     "Conv2dSVD",
+    "Conv2dScaledSVD",
     "Conv2dUnitSVD",
     "DataError",
     "Dataset",
@@ -56,10 +67,12 @@ __all__ = [
     "Latency",
     "LayerSparsity",
     "LinearSVD",
+    "LinearScaledSVD",
     "LinearUnitSVD",
     "NoisyLinear",
     "SVDConfig",
     "SVDLayer",
+    "ScaledSVDLayer",
     "SparsityReport",
     "SpecError",
     "TrainConfig",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Self
 
-GRANULARITIES = ("weight", "unit")
+GRANULARITIES = ("weight", "unit", "weight+unit")
 
 
 class _DictMixin:
@@ -39,8 +39,9 @@ class SVDConfig(_DictMixin):
             ``"unit"``: every output unit of a Linear and every filter of a Conv2d learns one rate, so whole
             units are dropped and ``shrink`` removes them (real speed-ups); the last layer, the classifier, keeps
             per-weight rates, since dropping a class's logit would drop the class. Unit layers start at
-            ``init_log_alpha``, also when built from scratch.
-        unit_kl_exponent: with ``"unit"``, each unit's KL term counts ``fan_in ** unit_kl_exponent`` times: 0 is
+            ``init_log_alpha``, also when built from scratch. ``"weight+unit"``: both, a rate per weight and a
+            random scale per unit or filter (``LinearScaledSVD``, ``Conv2dScaledSVD``): compression and speed.
+        unit_kl_exponent: with unit rates, each unit's KL term counts ``fan_in ** unit_kl_exponent`` times: 0 is
             the plain model (one term per unit, which frees few units), 1 counts it like a per-weight layer's
             (which frees too many); higher keeps fewer units.
     """
@@ -50,7 +51,7 @@ class SVDConfig(_DictMixin):
     init_log_sigma2: float = -10.0
     init_log_alpha: float = -8.0
     train_mask: bool = True
-    granularity: Literal["weight", "unit"] = "weight"
+    granularity: Literal["weight", "unit", "weight+unit"] = "weight"
     unit_kl_exponent: float = 0.5
 
     def __post_init__(self) -> None:

@@ -7,7 +7,15 @@ from collections.abc import Callable, Iterator
 from torch import nn
 
 from vdcore.config import SVDConfig
-from vdcore.layers import Conv2dSVD, Conv2dUnitSVD, LinearSVD, LinearUnitSVD, SVDLayer
+from vdcore.layers import (
+    Conv2dScaledSVD,
+    Conv2dSVD,
+    Conv2dUnitSVD,
+    LinearScaledSVD,
+    LinearSVD,
+    LinearUnitSVD,
+    SVDLayer,
+)
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -21,7 +29,12 @@ UNIT_SVD_LAYER_FOR: dict[type[nn.Module], type[SVDLayer]] = {
     nn.Linear: LinearUnitSVD,
     nn.Conv2d: Conv2dUnitSVD,
 }
-LAYERS_BY_GRANULARITY = {"weight": SVD_LAYER_FOR, "unit": UNIT_SVD_LAYER_FOR}
+# Both: a rate per weight and a scale per unit or filter (``"weight+unit"``).
+SCALED_SVD_LAYER_FOR: dict[type[nn.Module], type[SVDLayer]] = {
+    nn.Linear: LinearScaledSVD,
+    nn.Conv2d: Conv2dScaledSVD,
+}
+LAYERS_BY_GRANULARITY = {"weight": SVD_LAYER_FOR, "unit": UNIT_SVD_LAYER_FOR, "weight+unit": SCALED_SVD_LAYER_FOR}
 
 
 def _is_swappable(module: nn.Module, fqn: str) -> bool:
@@ -46,7 +59,8 @@ def sparsify_(model: nn.Module, config: SVDConfig | None = None, filter_fn: Filt
     itself is a single swappable layer.
 
     With ``config.granularity == "unit"`` the layers get one dropout rate per output unit or filter
-    (``LinearUnitSVD``, ``Conv2dUnitSVD``), except the output layer, which becomes a per-weight
+    (``LinearUnitSVD``, ``Conv2dUnitSVD``), with ``"weight+unit"`` both (``LinearScaledSVD``,
+    ``Conv2dScaledSVD``), except the output layer, which becomes a per-weight
     ``LinearSVD``/``Conv2dSVD``: dropping a whole logit would drop its class, while per-weight rates still
     sparsify it and free the hidden units it stops reading. The output layer is the last ``nn.Linear`` or
     ``nn.Conv2d`` (or already swapped layer) in definition order, ``model.modules()``: the classifier of a

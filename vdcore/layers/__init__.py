@@ -3,6 +3,17 @@
 from vdcore.layers.base import SVDLayer
 from vdcore.layers.conv2d import Conv2dSVD
 from vdcore.layers.linear import LinearSVD
+from vdcore.layers.scaled import Conv2dScaledSVD, LinearScaledSVD, ScaledSVDLayer
 from vdcore.layers.units import Conv2dUnitSVD, LinearUnitSVD, UnitSVDLayer
 
-__all__ = ["Conv2dSVD", "Conv2dUnitSVD", "LinearSVD", "LinearUnitSVD", "SVDLayer", "UnitSVDLayer"]
+__all__ = [
+    "Conv2dSVD",
+    "Conv2dScaledSVD",
+    "Conv2dUnitSVD",
+    "LinearSVD",
+    "LinearScaledSVD",
+    "LinearUnitSVD",
+    "SVDLayer",
+    "ScaledSVDLayer",
+    "UnitSVDLayer",
+]

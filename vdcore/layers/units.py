@@ -30,47 +30,100 @@ from vdcore.layers.conv2d import Conv2dShape
 from vdcore.layers.linear import LinearShape
 
 
-class UnitSVDLayer(SVDLayer):
+class UnitScale:
+    """A random scale on each output unit: its parameters, rate, KL, mask and sampling, for the layers that have one.
+
+    The layer declares ``theta`` (units on axis 0), ``threshold``, ``log_alpha_clip``, ``train_mask``,
+    ``kl_exponent`` and ``spatial_dims`` (how many axes follow the unit axis in its output: 0 for Linear, 2 for
+    Conv2d), and calls ``_init_unit_scale`` in its constructor.
+    """
+
+    theta: nn.Parameter
+    threshold: float
+    log_alpha_clip: float
+    train_mask: bool
+    init_log_alpha: float
+    kl_exponent: float
+    spatial_dims: int
+    unit_theta: nn.Parameter
+    unit_log_sigma2: nn.Parameter
+
+    def _init_unit_scale(self, units: int, init_log_alpha: float, kl_exponent: float, **factory: Any) -> None:
+        self.init_log_alpha = init_log_alpha
+        self.kl_exponent = kl_exponent
+        self.unit_theta = nn.Parameter(torch.ones(units, **factory))
+        self.unit_log_sigma2 = nn.Parameter(torch.full((units,), init_log_alpha, **factory))
+
+    @property
+    def unit_log_alpha(self) -> Tensor:
+        """``log(sigma^2 / unit_theta^2)`` per unit, ``(units,)``, clipped to ``[-clip, clip]``."""
+        return VF.log_alpha(self.unit_theta, self.unit_log_sigma2, self.log_alpha_clip)
+
+    def unit_kl(self) -> Tensor:
+        """One ``kl_approx`` per unit, each counted ``fan_in ** kl_exponent`` times."""
+        return VF.kl_approx(self.unit_log_alpha).sum() * self.theta[0].numel() ** self.kl_exponent
+
+    def unit_mask(self) -> Tensor:
+        """1 for each unit kept at evaluation, 0 for each dropped one; ``(units,)``."""
+        return VF.keep_mask(self.unit_log_alpha, self.threshold)
+
+    @torch.no_grad()
+    def _reset_unit_scale(self, log_alpha: float) -> None:
+        """Scale 1 and ``log_alpha`` for every unit: the layer computes what it did without the scales."""
+        self.unit_theta.fill_(1.0)
+        self.unit_log_sigma2.fill_(log_alpha)
+
+    def _per_row(self, per_unit: Tensor) -> Tensor:
+        """``(units,)`` reshaped to broadcast against ``theta``."""
+        return per_unit.view(-1, *[1] * (self.theta.dim() - 1))
+
+    def _unit_scaled(self, tensor: Tensor, per_row: bool) -> Tensor:
+        """``tensor`` (weights if ``per_row``, else a bias) scaled by each unit's mean scale, dropped units zeroed."""
+        scale = self.unit_theta * self.unit_mask()
+        return tensor * (self._per_row(scale) if per_row else scale)
+
+    def _scale_sample(self, pre: Tensor) -> Tensor:
+        """The training output from a pre-activation: one scale drawn per example and unit (or feature map)."""
+        shape = (-1, *[1] * self.spatial_dims)
+        log_alpha = self.unit_log_alpha
+        mean = self.unit_theta * VF.keep_mask(log_alpha, self.threshold) if self.train_mask else self.unit_theta
+        std = self.unit_theta.abs() * torch.exp(0.5 * log_alpha)  # from the clipped alpha, like the KL
+        noise_shape = (*pre.shape[: pre.dim() - self.spatial_dims], *[1] * self.spatial_dims)
+        return VF.unit_scale_sample(pre, mean.view(shape), std.view(shape), noise_shape)
+
+    @staticmethod
+    def unit_config_args(config: SVDConfig) -> dict[str, Any]:
+        return {"init_log_alpha": config.init_log_alpha, "kl_exponent": config.unit_kl_exponent}
+
+
+class UnitSVDLayer(UnitScale, SVDLayer):
     """Base of the layers with one learned dropout rate per output unit; the ``SVDLayer`` contract holds.
 
-    A subclass declares ``theta`` (the weights), ``unit_theta`` and ``unit_log_sigma2`` (``(units,)``: each
-    unit's scale and its log variance) and ``bias``, sets ``threshold``, ``log_alpha_clip``, ``init_log_alpha``,
-    ``kl_exponent`` and ``train_mask``, and names in ``spatial_dims`` how many axes follow the unit axis in its
-    output (0 for Linear, 2 for Conv2d).
+    A subclass declares ``theta`` (the weights, deterministic) and ``bias``, sets ``threshold``,
+    ``log_alpha_clip`` and ``train_mask``, and sets up its ``UnitScale``.
 
     Differences from a per-weight layer: ``log_alpha`` has one entry per unit; ``mask()`` is still one entry per
     weight (each unit's value repeated along its row), so weight counts read the same; the bias is masked too
     (``masked_bias()``).
     """
 
-    unit_theta: nn.Parameter
-    unit_log_sigma2: nn.Parameter
-    init_log_alpha: float
-    kl_exponent: float
-    spatial_dims: int
-
     @property
     def log_alpha(self) -> Tensor:
-        """``log(sigma^2 / unit_theta^2)`` per unit, ``(units,)``, clipped to ``[-clip, clip]``."""
-        return VF.log_alpha(self.unit_theta, self.unit_log_sigma2, self.log_alpha_clip)
+        """The units' rates: ``unit_log_alpha``."""
+        return self.unit_log_alpha
 
     def kl(self) -> Tensor:
-        """This layer's KL term: one ``kl_approx`` per unit, each counted ``fan_in ** kl_exponent`` times."""
-        return VF.kl_approx(self.log_alpha).sum() * self.theta[0].numel() ** self.kl_exponent
+        """This layer's KL term: the units'."""
+        return self.unit_kl()
 
     @staticmethod
     def config_args(config: SVDConfig) -> dict[str, Any]:
         return {
             "threshold": config.threshold,
             "log_alpha_clip": config.log_alpha_clip,
-            "init_log_alpha": config.init_log_alpha,
-            "kl_exponent": config.unit_kl_exponent,
             "train_mask": config.train_mask,
+            **UnitScale.unit_config_args(config),
         }
-
-    def unit_mask(self) -> Tensor:
-        """1 for each unit kept at evaluation, 0 for each dropped one; ``(units,)``."""
-        return VF.keep_mask(self.log_alpha, self.threshold)
 
     def mask(self) -> Tensor:
         """1 for each weight kept at evaluation: the unit mask repeated along each unit's weights."""
@@ -78,30 +131,17 @@ class UnitSVDLayer(SVDLayer):
 
     def masked_weight(self) -> Tensor:
         """The rows scaled by their unit's mean scale, dropped rows zeroed."""
-        return self.theta * self._per_row(self.unit_theta * self.unit_mask())
+        return self._unit_scaled(self.theta, per_row=True)
 
     def masked_bias(self) -> Tensor | None:
         """The bias scaled like the rows, dropped units zeroed, so that a dropped unit outputs exactly 0."""
-        return None if self.bias is None else self.bias * self.unit_theta * self.unit_mask()
+        return None if self.bias is None else self._unit_scaled(self.bias, per_row=False)
 
     def weight_moments(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} samples its units' outputs, not independent weights")
 
     def _reference_moments(self) -> tuple[Tensor, Tensor]:
         return self.weight_moments()
-
-    def _per_row(self, per_unit: Tensor) -> Tensor:
-        """``(units,)`` reshaped to broadcast against ``theta``."""
-        return per_unit.view(-1, *[1] * (self.theta.dim() - 1))
-
-    def _sample(self, pre: Tensor) -> Tensor:
-        """The training output from the deterministic pre-activation: one noise draw per example and unit."""
-        shape = (-1, *[1] * self.spatial_dims)
-        log_alpha = self.log_alpha
-        mean = self.unit_theta * VF.keep_mask(log_alpha, self.threshold) if self.train_mask else self.unit_theta
-        std = self.unit_theta.abs() * torch.exp(0.5 * log_alpha)  # from the clipped alpha, like the KL
-        noise_shape = (*pre.shape[: pre.dim() - self.spatial_dims], *[1] * self.spatial_dims)
-        return VF.unit_scale_sample(pre, mean.view(shape), std.view(shape), noise_shape)
 
     @torch.no_grad()
     def to_dense(self) -> nn.Linear | nn.Conv2d:
@@ -118,8 +158,7 @@ class UnitSVDLayer(SVDLayer):
         """Start from pretrained weights: ``theta`` and ``bias`` copy them, every unit gets scale 1 and
         ``init_log_alpha``."""
         self.theta.copy_(weight)
-        self.unit_theta.fill_(1.0)
-        self.unit_log_sigma2.fill_(init_log_alpha)
+        self._reset_unit_scale(init_log_alpha)
         if self.bias is not None and bias is not None:
             self.bias.copy_(bias)
 
@@ -168,20 +207,16 @@ class LinearUnitSVD(LinearShape, UnitSVDLayer):
         self.out_features = out_features
         self.threshold = threshold
         self.log_alpha_clip = log_alpha_clip
-        self.init_log_alpha = init_log_alpha
-        self.kl_exponent = kl_exponent
         self.train_mask = train_mask
         self.theta = nn.Parameter(torch.empty(out_features, in_features, **factory))
-        self.unit_theta = nn.Parameter(torch.empty(out_features, **factory))
-        self.unit_log_sigma2 = nn.Parameter(torch.empty(out_features, **factory))
+        self._init_unit_scale(out_features, init_log_alpha, kl_exponent, **factory)
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """``nn.Linear``'s initialisation for ``theta`` and ``bias``; ``init_log_alpha`` for every unit."""
         nn.init.kaiming_uniform_(self.theta, a=math.sqrt(5))
-        nn.init.ones_(self.unit_theta)
-        nn.init.constant_(self.unit_log_sigma2, self.init_log_alpha)
+        self._reset_unit_scale(self.init_log_alpha)
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
@@ -189,7 +224,7 @@ class LinearUnitSVD(LinearShape, UnitSVDLayer):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return F.linear(x, self.masked_weight(), self.masked_bias())
-        return self._sample(F.linear(x, self.theta, self.bias))
+        return self._scale_sample(F.linear(x, self.theta, self.bias))
 
 
 class Conv2dUnitSVD(Conv2dShape, UnitSVDLayer):
@@ -238,20 +273,16 @@ class Conv2dUnitSVD(Conv2dShape, UnitSVDLayer):
         factory = {"device": device, "dtype": dtype}
         self.threshold = threshold
         self.log_alpha_clip = log_alpha_clip
-        self.init_log_alpha = init_log_alpha
-        self.kl_exponent = kl_exponent
         self.train_mask = train_mask
         self.theta = nn.Parameter(torch.empty((out_channels, in_channels // groups, *self.kernel_size), **factory))
-        self.unit_theta = nn.Parameter(torch.empty(out_channels, **factory))
-        self.unit_log_sigma2 = nn.Parameter(torch.empty(out_channels, **factory))
+        self._init_unit_scale(out_channels, init_log_alpha, kl_exponent, **factory)
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """``nn.Conv2d``'s initialisation for ``theta`` and ``bias``; ``init_log_alpha`` for every filter."""
         nn.init.kaiming_uniform_(self.theta, a=math.sqrt(5))
-        nn.init.ones_(self.unit_theta)
-        nn.init.constant_(self.unit_log_sigma2, self.init_log_alpha)
+        self._reset_unit_scale(self.init_log_alpha)
         if self.bias is not None:
             fan_in = self.theta[0].numel()
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
@@ -260,4 +291,4 @@ class Conv2dUnitSVD(Conv2dShape, UnitSVDLayer):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return self._conv_forward(x, self.masked_weight(), self.masked_bias())
-        return self._sample(self._conv_forward(x, self.theta, self.bias))
+        return self._scale_sample(self._conv_forward(x, self.theta, self.bias))
