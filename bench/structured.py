@@ -1,16 +1,16 @@
-"""Structured (unit and filter) dropout on MNIST through the worker's pipeline, with Structured Bayesian Pruning
-beside it.
+"""Structured jobs (rates per weight and scales per unit and filter) on MNIST through the worker's pipeline, with
+Structured Bayesian Pruning beside it.
 
     python bench/structured.py --net lenet-300-100 --pretrain-epochs 20 --epochs 100 --threads 1
     python bench/structured.py --net lenet-5-caffe --pretrain-epochs 20 --epochs 100 --threads 1
     python bench/structured.py --net lenet-300-100 --epochs 1 --pretrain-epochs 1 --no-write   # a smoke run
 
-Runs ``worker.pipeline.run`` with ``structured=True`` (``SVDConfig(granularity="unit")``: one learned dropout rate
-per hidden unit and per filter, the classifier per weight) on the full MNIST (the IDX files in
-../shared/datasets/mnist, or ``--mnist``). The t10k images are the pipeline's validation set, so "accuracy
-after" is the test accuracy of the shrunk network, and the onnxruntime latencies of the dense and the shrunk
-network (batch 1 and 100) are measured side by side in the same run. Appends a section to ``bench/RESULTS.md``
-and keeps the artifacts under ``--out``.
+Runs ``worker.pipeline.run`` with ``structured=True`` (``SVDConfig(granularity="weight+unit")``: Sparse VD on every
+weight and a learned random scale on every hidden unit and filter, the classifier per weight only) on the full MNIST
+(the IDX files in ../shared/datasets/mnist, or ``--mnist``). The t10k images are the pipeline's validation set, so
+"accuracy after" is the test accuracy of the shrunk network, and the onnxruntime latencies of the dense and the
+shrunk network (batch 1 and 100) are measured side by side in the same run. Appends a section to
+``bench/RESULTS.md`` and keeps the artifacts under ``--out``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
         f"- target: at most SBP's {sbp['error']}% test error with at least its {sbp['speedup']}x speed-up "
         f"(best batch size): **{'met' if met else 'not met'}**",
         "",
-        "| | ours (unit dropout) | paper (SBP) |",
+        "| | ours (structured job) | paper (SBP) |",
         "|---|---|---|",
         f"| test error, dense | {error_before:.2f}% | - |" if args.pretrain_epochs else
         "| test error, dense | (from scratch: no dense network) | - |",
@@ -67,16 +67,18 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
         f"{latency['batch_100']['speedup']:.2f}x | {sbp['speedup']}x |",
         "",
     ]
-    lines += job_tables(report, args.pretrain_epochs, args.epochs, "unit-dropout training")
+    lines += job_tables(report, args.pretrain_epochs, args.epochs, "structured training")
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", choices=sorted(PUBLISHED_SBP), default="lenet-300-100")
-    parser.add_argument("--epochs", type=int, default=100, help="unit-dropout epochs")
+    parser.add_argument("--epochs", type=int, default=100, help="structured Sparse VD epochs")
     parser.add_argument("--pretrain-epochs", type=int, default=20, help="dense epochs first (SBP starts pretrained)")
     parser.add_argument("--threshold", type=float, default=3.0, help="log alpha above which a unit is dropped")
+    parser.add_argument("--unit-kl-exponent", type=float, default=0.5,
+                        help="each unit's KL counts fan_in ** this (higher keeps fewer units)")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -89,13 +91,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     options = JobOptions(epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
-                         lr=args.lr, threshold=args.threshold, seed=args.seed, device=args.device, structured=True)
+                         lr=args.lr, threshold=args.threshold, seed=args.seed, device=args.device, structured=True,
+                         unit_kl_exponent=args.unit_kl_exponent)
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
 
     out = Path(args.out) / args.net
     report = run(job, out, print_progress)
     lines = describe(args.net, report, args)
-    title = f"MNIST {args.net}, structured (unit dropout), " + (
+    title = f"MNIST {args.net}, structured (weights + units), " + (
         f"{args.pretrain_epochs} dense + " if args.pretrain_epochs else "from scratch, "
     )
     title += f"{args.epochs} epochs"

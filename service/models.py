@@ -140,7 +140,7 @@ class JobOptionsRequest(BaseModel):
     seed: int = Field(_OPTIONS.seed, ge=0, le=2**63 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     structured: bool = Field(
-        _OPTIONS.structured, description="one dropout rate per unit or filter, so whole units are removed (speed)"
+        _OPTIONS.structured, description="also a dropout rate per unit or filter, so whole units are removed (speed)"
     )
     unit_kl_exponent: float = Field(
         _OPTIONS.unit_kl_exponent,
