@@ -128,13 +128,18 @@ class SVDLayer(nn.Module):
         """The plain layer of the same shape, uninitialised; each layer type says which."""
         raise NotImplementedError
 
+    def masked_bias(self) -> Tensor | None:
+        """The bias used at evaluation: the bias itself here; layers that drop whole units zero theirs."""
+        return self.bias
+
     @torch.no_grad()
     def to_dense(self) -> nn.Linear | nn.Conv2d:
-        """A plain layer holding the masked weights: what this layer computes at evaluation."""
+        """A plain layer holding the masked weights and bias: what this layer computes at evaluation."""
         dense = self.empty_dense()
         dense.weight.copy_(self.masked_weight())
-        if dense.bias is not None and self.bias is not None:
-            dense.bias.copy_(self.bias)
+        bias = self.masked_bias()
+        if dense.bias is not None and bias is not None:
+            dense.bias.copy_(bias)
         return dense
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from vdcore.config import SVDConfig
 from vdcore.layers.base import SVDLayer
@@ -53,16 +53,6 @@ class ScaledSVDLayer(UnitScale, SVDLayer):
         super().reset_parameters()  # type: ignore[misc]
         if "unit_theta" in self._parameters:  # the base's constructor calls this before the scales exist
             self._reset_unit_scale(self.init_log_alpha)
-
-    @torch.no_grad()
-    def to_dense(self) -> nn.Linear | nn.Conv2d:
-        """A plain layer holding the masked, scaled weights and bias: what this layer computes at evaluation."""
-        dense = self.empty_dense()
-        dense.weight.copy_(self.masked_weight())
-        bias = self.masked_bias()
-        if dense.bias is not None and bias is not None:
-            dense.bias.copy_(bias)
-        return dense
 
     @torch.no_grad()
     def init_from_dense(self, weight: Tensor, bias: Tensor | None, init_log_alpha: float) -> None:

@@ -144,16 +144,6 @@ class UnitSVDLayer(UnitScale, SVDLayer):
         return self.weight_moments()
 
     @torch.no_grad()
-    def to_dense(self) -> nn.Linear | nn.Conv2d:
-        """A plain layer holding the masked weights and bias: what this layer computes at evaluation."""
-        dense = self.empty_dense()
-        dense.weight.copy_(self.masked_weight())
-        bias = self.masked_bias()
-        if dense.bias is not None and bias is not None:
-            dense.bias.copy_(bias)
-        return dense
-
-    @torch.no_grad()
     def init_from_dense(self, weight: Tensor, bias: Tensor | None, init_log_alpha: float) -> None:
         """Start from pretrained weights: ``theta`` and ``bias`` copy them, every unit gets scale 1 and
         ``init_log_alpha``."""
