@@ -15,12 +15,7 @@ from vdcore.export import onnx_session
 BOTH = SVDConfig(granularity="weight+unit")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cnn() -> nn.Sequential:

@@ -18,13 +18,7 @@ from vdcore.export import onnx_session
 UNITS = SVDConfig(granularity="unit")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small tensors on shared cores: a second intra-op thread mostly waits for the other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp() -> nn.Sequential:

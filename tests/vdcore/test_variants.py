@@ -39,13 +39,7 @@ BIAS = torch.tensor([0.1, -0.2, 0.3])
 X = torch.tensor([1.0, -2.0, 0.5, 1.5])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors on shared cores: a second intra-op thread only waits for the other (10x slower steps).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layer(cls, **kwargs):
