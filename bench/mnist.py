@@ -22,7 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results import append_section, command_line, job_tables, machine, print_progress
+from bench.results import (
+    add_run_arguments,
+    append_section,
+    apply_threads,
+    command_line,
+    job_tables,
+    machine,
+    print_progress,
+)
 from worker.pipeline import JobInput, JobOptions, run
 
 # Molchanov, Ashukha and Vetrov 2017, Table 1 (Sparse VD rows): test error (%) and compression.
@@ -66,17 +74,9 @@ def main() -> None:
     parser.add_argument("--net", choices=sorted(PUBLISHED), default="lenet-300-100")
     parser.add_argument("--epochs", type=int, default=200, help="Sparse VD epochs (the paper: 200)")
     parser.add_argument("--pretrain-epochs", type=int, default=0, help="dense epochs first (0: from scratch)")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"))
-    parser.add_argument("--out", default="out/bench-mnist")
-    parser.add_argument("--no-write", action="store_true", help="print only, do not append to RESULTS.md")
+    add_run_arguments(parser, out="out/bench-mnist")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     options = JobOptions(epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, device=args.device)
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)

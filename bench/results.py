@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -47,6 +48,27 @@ def append_section(title: str, lines: list[str]) -> str:
     with RESULTS.open("a") as f:
         f.write(f"\n{text}")
     return text
+
+
+MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """The options every MNIST job benchmark shares (training, device, threads, data, output), and their
+    defaults; ``apply_threads`` acts on ``--threads``."""
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--mnist", default=str(MNIST_DIR))
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--no-write", action="store_true", help="print only, do not append to RESULTS.md")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
 
 def print_progress(event: dict[str, Any]) -> None:

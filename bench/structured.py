@@ -25,7 +25,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results import append_section, command_line, job_tables, machine, print_progress
+from bench.results import (
+    add_run_arguments,
+    append_section,
+    apply_threads,
+    command_line,
+    job_tables,
+    machine,
+    print_progress,
+)
 from worker.pipeline import JobInput, JobOptions, run
 
 # Structured Bayesian Pruning (Neklyudov, Molchanov, Ashukha and Vetrov, NIPS 2017, "Structured Bayesian Pruning
@@ -79,17 +87,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=3.0, help="log alpha above which a unit is dropped")
     parser.add_argument("--unit-kl-exponent", type=float, default=0.5,
                         help="each unit's KL counts fan_in ** this (higher keeps fewer units)")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--mnist", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"))
-    parser.add_argument("--out", default="out/bench-structured")
-    parser.add_argument("--no-write", action="store_true", help="print only, do not append to RESULTS.md")
+    add_run_arguments(parser, out="out/bench-structured")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     options = JobOptions(epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
                          lr=args.lr, threshold=args.threshold, seed=args.seed, device=args.device, structured=True,
                          unit_kl_exponent=args.unit_kl_exponent)

@@ -2,7 +2,7 @@
 
     import vdcore
     vdcore.sparsify_(model)                       # nn.Linear / nn.Conv2d -> LinearSVD / Conv2dSVD
-    # (SVDConfig(granularity="unit"): one rate per unit or filter, so whole units go and shrink removes them)
+    # (SVDConfig(granularity="weight+unit"): also a scale per unit or filter, so whole units go in shrink)
     vdcore.train(model, (x, y), val=(xv, yv))     # negative ELBO with KL warm-up
     small = vdcore.shrink(vdcore.prune(model), x[:1])
     vdcore.export_onnx(small, "model.onnx", x[:1])

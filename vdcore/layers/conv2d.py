@@ -167,7 +167,7 @@ class Conv2dSVD(Conv2dShape, SVDLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
-            return self._conv_forward(x, self.masked_weight(), self.bias)
+            return self._conv_forward(x, self.masked_weight(), self.masked_bias())
         if torch.compiler.is_compiling():  # the compiler fuses the plain formulas better than it traces ours
             mean, var = self._reference_moments()
         else:

@@ -110,7 +110,7 @@ class LinearSVD(LinearShape, SVDLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
-            return F.linear(x, self.masked_weight(), self.bias)
+            return F.linear(x, self.masked_weight(), self.masked_bias())
         if torch.compiler.is_compiling():  # the compiler fuses the plain formulas better than it traces ours
             return VF.linear_lrt(x, *self._reference_moments(), self.bias)
         if torch.is_autocast_enabled(x.device.type):  # the fused node would bypass autocast's casts

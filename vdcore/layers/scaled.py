@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from vdcore.config import SVDConfig
@@ -26,8 +25,21 @@ from vdcore.layers.units import UnitScale
 class ScaledSVDLayer(UnitScale, SVDLayer):
     """What a per-weight layer with unit scales adds to its per-weight base (listed after it in the bases).
 
+    The constructor takes the base's arguments plus ``init_log_alpha`` (the units' starting rate, scale 1) and
+    ``kl_exponent`` (each unit's KL term counts ``fan_in ** kl_exponent`` times, ``SVDConfig.unit_kl_exponent``).
     ``log_alpha`` stays per weight; ``unit_log_alpha`` is per unit. ``mask()`` combines both, the KL sums both.
     """
+
+    def __init__(self, *args: Any, init_log_alpha: float = -8.0, kl_exponent: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        factory = {"device": self.theta.device, "dtype": self.theta.dtype}
+        self._init_unit_scale(self.theta.shape[0], init_log_alpha, kl_exponent, **factory)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The base's forward (its evaluation path reads ``masked_weight`` and ``masked_bias``), each unit's
+        sampled output then scaled by its own noise in training."""
+        out = super().forward(x)
+        return self._scale_sample(out) if self.training else out
 
     def kl(self) -> Tensor:
         """The weights' KL plus the units'."""
@@ -68,59 +80,26 @@ class LinearScaledSVD(ScaledSVDLayer, LinearSVD):
     """``LinearSVD`` whose output units also have a learned random scale, so whole units can go.
 
     Args:
-        in_features, out_features, bias, threshold, log_alpha_clip, init_log_sigma2, train_mask: as for
-            ``LinearSVD``.
-        init_log_alpha: the units' starting rate (scale 1).
-        kl_exponent: each unit's KL term counts ``fan_in ** kl_exponent`` times (``SVDConfig.unit_kl_exponent``).
+        as for ``LinearSVD``, and ``init_log_alpha``, ``kl_exponent`` (see ``ScaledSVDLayer``).
 
     Attributes:
         theta, log_sigma2, bias: as for ``LinearSVD``.
         unit_theta, unit_log_sigma2: mean and log variance of each output unit's scale, ``(out_features,)``.
+
+    Examples:
+        >>> layer = LinearScaledSVD(784, 300, kl_exponent=0.25)
+        >>> layer.eval()(torch.randn(2, 784)).shape
+        torch.Size([2, 300])
     """
 
     spatial_dims = 0
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        threshold: float = 3.0,
-        log_alpha_clip: float = 8.0,
-        init_log_sigma2: float = -10.0,
-        init_log_alpha: float = -8.0,
-        kl_exponent: float = 0.5,
-        train_mask: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            in_features,
-            out_features,
-            bias=bias,
-            threshold=threshold,
-            log_alpha_clip=log_alpha_clip,
-            init_log_sigma2=init_log_sigma2,
-            train_mask=train_mask,
-            device=device,
-            dtype=dtype,
-        )
-        self._init_unit_scale(out_features, init_log_alpha, kl_exponent, device=device, dtype=dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training:
-            return F.linear(x, self.masked_weight(), self.masked_bias())
-        return self._scale_sample(super().forward(x))
 
 
 class Conv2dScaledSVD(ScaledSVDLayer, Conv2dSVD):
     """``Conv2dSVD`` whose filters also have a learned random scale (one draw per example and feature map).
 
     Args:
-        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, threshold,
-            log_alpha_clip, init_log_sigma2, train_mask: as for ``Conv2dSVD``.
-        init_log_alpha: the filters' starting rate (scale 1).
-        kl_exponent: each filter's KL term counts ``fan_in ** kl_exponent`` times.
+        as for ``Conv2dSVD``, and ``init_log_alpha``, ``kl_exponent`` (see ``ScaledSVDLayer``).
 
     Attributes:
         theta, log_sigma2, bias: as for ``Conv2dSVD``.
@@ -128,45 +107,3 @@ class Conv2dScaledSVD(ScaledSVDLayer, Conv2dSVD):
     """
 
     spatial_dims = 2
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        threshold: float = 3.0,
-        log_alpha_clip: float = 8.0,
-        init_log_sigma2: float = -10.0,
-        init_log_alpha: float = -8.0,
-        kl_exponent: float = 0.5,
-        train_mask: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            bias=bias,
-            threshold=threshold,
-            log_alpha_clip=log_alpha_clip,
-            init_log_sigma2=init_log_sigma2,
-            train_mask=train_mask,
-            device=device,
-            dtype=dtype,
-        )
-        self._init_unit_scale(out_channels, init_log_alpha, kl_exponent, device=device, dtype=dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training:
-            return self._conv_forward(x, self.masked_weight(), self.masked_bias())
-        return self._scale_sample(super().forward(x))
