@@ -1,8 +1,10 @@
 """Training-step time of Sparse VD networks against the same networks with plain layers.
 
 All variants run in one process in short interleaved rounds (who goes first rotates), so machine noise and
-drift hit them alike: plain layers, vdcore's SVD layers, and (unless ``--no-reference``) the same SVD layers
-running the unfused reference formulas through autograd, i.e. the implementation before the fused path. Each
+drift hit them alike: plain layers, vdcore's SVD layers (on CPU with the compiled kernel of ``vdcore.cpu_kernel``),
+unless ``--no-torch-ops`` the same fused node with torch operations instead of that kernel (what runs without a
+compiler, and on GPUs), and unless ``--no-reference`` the unfused reference formulas through autograd, i.e. the
+implementation before the fused path. Each
 step is the user's own loop: forward, loss (cross entropy, plus the KL over the training-set size for SVD),
 ``zero_grad``, ``backward``, Adam ``step``.
 
@@ -81,8 +83,13 @@ class Runner:
     batches: list[tuple[Tensor, Tensor]]
     times: list[float]
     at: int = 0
+    cpu_kernel: bool = True
 
     def step(self) -> None:
+        if self.cpu_kernel:
+            os.environ.pop("VDCORE_CPU_KERNEL", None)
+        else:
+            os.environ["VDCORE_CPU_KERNEL"] = "0"
         x, y = self.batches[self.at % len(self.batches)]
         self.at += 1
         logits = self.model(x)
@@ -110,7 +117,8 @@ def _reference_kl(model: nn.Module) -> Tensor:
 
 
 def make_runner(net: str, variant: str, device: torch.device, batch: int, seed: int) -> Runner:
-    """``variant``: ``plain`` (nn.Linear / nn.Conv2d), ``svd`` (vdcore) or ``reference`` (unfused formulas)."""
+    """``variant``: ``plain`` (nn.Linear / nn.Conv2d), ``svd`` (vdcore), ``torch ops`` (vdcore without its compiled
+    CPU kernel) or ``reference`` (unfused formulas)."""
     build, shape = NETWORKS[net]
     torch.manual_seed(seed)
     model = build().to(device)
@@ -130,7 +138,7 @@ def make_runner(net: str, variant: str, device: torch.device, batch: int, seed: 
         x = torch.rand(batch, *shape, generator=gen)
         y = torch.randint(0, 10, (batch,), generator=gen)
         batches.append((x.to(device), y.to(device)))
-    return Runner(variant, model, opt, kl, batches, [])
+    return Runner(variant, model, opt, kl, batches, [], cpu_kernel=variant != "torch ops")
 
 
 def timed_steps(runner: Runner, steps: int, sync: Callable[[], None]) -> None:
@@ -145,7 +153,7 @@ def timed_steps(runner: Runner, steps: int, sync: Callable[[], None]) -> None:
 def bench_network(net: str, args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, float]]:
     """Median step time of each variant, its ratio to plain, and the spread of per-round ratios."""
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    variants = ["plain", "svd"] + (["reference"] if args.reference else [])
+    variants = ["plain", "svd"] + (["torch ops"] if args.torch_ops else []) + (["reference"] if args.reference else [])
     runners = [make_runner(net, v, device, args.batch, args.seed) for v in variants]
     for runner in runners:  # warm-up: allocator, Adam state, kernel selection
         timed_steps(runner, args.warmup, sync)
@@ -223,17 +231,14 @@ def write_results(rows: Rows, args: argparse.Namespace, device: torch.device) ->
         + ("per-round ratio quartiles in brackets" if args.processes == 1 else
            f"medians over {args.processes} processes, min-max of their ratios in brackets"),
         "",
-        "| network | plain (ms) | SVD (ms) | SVD / plain |" + (" reference (ms) | reference / plain |"
-                                                           if args.reference else ""),
-        "|---|---|---|---|" + ("---|---|" if args.reference else ""),
     ]
+    variants = [v for v in next(iter(rows.values())) if v != "plain"]
+    names = {"svd": "SVD", "torch ops": "SVD, torch ops", "reference": "reference"}
+    header = " | ".join(f"{names[v]} (ms) | {names[v]} / plain" for v in variants)
+    lines += [f"| network | plain (ms) | {header} |", "|---|---|" + "---|---|" * len(variants)]
     for net, row in rows.items():
-        p, v = row["plain"], row["svd"]
-        line = f"| {net} | {p['ms']:.3f} | {v['ms']:.3f} | {v['ratio']:.2f}x [{v['lo']:.2f}-{v['hi']:.2f}] |"
-        if "reference" in row:
-            r = row["reference"]
-            line += f" {r['ms']:.3f} | {r['ratio']:.2f}x [{r['lo']:.2f}-{r['hi']:.2f}] |"
-        lines.append(line)
+        cells = [f"{r['ms']:.3f} | {r['ratio']:.2f}x [{r['lo']:.2f}-{r['hi']:.2f}]" for r in map(row.get, variants)]
+        lines.append(f"| {net} | {row['plain']['ms']:.3f} | " + " | ".join(cells) + " |")
     return append_section(args.label or device.type, lines)
 
 
@@ -251,6 +256,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="skip the unfused reference implementation")
+    parser.add_argument("--no-torch-ops", dest="torch_ops", action="store_false",
+                        help="skip the fused node without the compiled CPU kernel")
     parser.add_argument("--no-trim", action="store_true",
                         help="rerun with glibc's heap trimming off (MALLOC_* env vars, this process only), to "
                         "separate page-fault costs from compute")

@@ -88,3 +88,14 @@ def test_image_installs_pinned_torch_first_and_runs_as_non_root():
     assert created.group(1) != "0", "a user with uid 0 is root under another name"
     assert re.search(rf"chown\s+{user}(:\S+)?\s+/data\b", DOCKERFILE), "the user must be able to write /data"
     assert "VDC_DATA_DIR=/data" in DOCKERFILE
+
+
+def test_the_image_can_build_the_cpu_kernel_and_ships_its_source():
+    """vdcore compiles its CPU kernel with g++ on first use; the image installs g++ and builds it ahead."""
+    assert re.search(r"apt-get install[^\n]*\bg\+\+", DOCKERFILE)
+    assert "cpu_kernel" in DOCKERFILE and DOCKERFILE.index("cpu_kernel") > DOCKERFILE.index("USER vdc")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"csrc/*.cpp"' in pyproject and '"ninja' in pyproject
+    from vdcore import cpu_kernel
+
+    assert cpu_kernel.SOURCE.is_file()

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from vdcore import cpu_kernel
+
 # Coefficients of the KL approximation to the log-uniform prior (Molchanov et al. 2017, eq. 14).
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 # Keeps log(theta^2) finite for exact zeros; far below any weight that matters in float32.
@@ -160,10 +162,34 @@ def _sum_log1p(e: Tensor, clip: float) -> Tensor:
     return flat[:n].log1p_().sum()
 
 
+class _Compiled:
+    """Marks a forward done by the compiled kernel, whose backward reads ``theta`` and the kernel's saved factors."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self, ops: Any) -> None:
+        self.ops = ops
+
+
 def _stats_forward(
     theta: Tensor, log_sigma2: Tensor, clip: float, threshold: float, train_mask: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Any, ...]]:
-    """Mean weight, variance weight, KL sum, their ``(2, *theta.shape)`` buffer, and the backward's factors.
+    """Mean weight, variance weight, KL sum, their ``(2, *theta.shape)`` buffer, and what the backward needs.
+
+    On CPU the compiled kernel (``vdcore.cpu_kernel``) does it in one pass; elsewhere torch operations do.
+    """
+    ops = cpu_kernel.ops_for(theta)
+    if ops is not None:
+        moments, kl, factors = ops.svd_stats_forward(theta, log_sigma2, clip, threshold, train_mask)
+        mean, var = moments.unbind()
+        return mean, var, kl, moments, ((theta, factors), _Compiled(ops))
+    return _stats_forward_ops(theta, log_sigma2, clip, threshold, train_mask)
+
+
+def _stats_forward_ops(
+    theta: Tensor, log_sigma2: Tensor, clip: float, threshold: float, train_mask: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Any, ...]]:
+    """``_stats_forward`` in torch operations: the path on GPUs, other dtypes, and without the compiled kernel.
 
     The buffer holds the mean and the variance, so that a layer can run both matmuls as one batched call;
     without ``train_mask`` the mean is ``theta`` itself and the buffer's first half is scratch.
@@ -202,7 +228,7 @@ def _stats_forward(
     below = _below(-threshold, theta.dtype) if train_mask else None
     # theta where -la > below, that is where la <= threshold
     mean = theta.view_as(theta) if below is None else _threshold_backward(theta, nla, below, grad_input=a)
-    return mean, var, kl, moments, (nla, r_var, e2t, r_dkl, w2, below)
+    return mean, var, kl, moments, ((nla, r_var, e2t, r_dkl, w2), below)
 
 
 def _stats_backward(
@@ -213,7 +239,19 @@ def _stats_backward(
     With ``owned``, ``g_mean`` and ``g_var`` are this function's to overwrite: they become the results,
     which saves two weight-sized allocations.
     """
-    nla, r_var, e2t, r_dkl, w2, below = saved
+    tensors, extra = saved
+    if isinstance(extra, _Compiled):  # the kernel writes the results into g_mean and g_var when it may
+        fresh = torch.contiguous_format
+        if g_mean is None and g_var is None and g_kl is None:
+            return None, None
+        theta = tensors[0]
+        g_theta, g_u = (
+            g if owned and g is not None and g.is_contiguous() else torch.empty_like(theta, memory_format=fresh)
+            for g in (g_mean, g_var)
+        )
+        extra.ops.svd_stats_backward(*tensors, g_mean, g_var, g_kl, g_theta, g_u)
+        return g_theta, g_u
+    (nla, r_var, e2t, r_dkl, w2), below = saved
     g_theta: Tensor | None = None
     if g_mean is not None:
         out = g_mean if owned else torch.empty_like(g_mean)
@@ -264,8 +302,8 @@ class _WeightStats(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         _start(ctx, flag)
         mean, var, kl, _, saved = _stats_forward(theta, log_sigma2, clip, threshold, train_mask)
-        ctx.save_for_backward(*saved[:5])
-        ctx.below = saved[5]
+        ctx.save_for_backward(*saved[0])
+        ctx.extra = saved[1]
         return mean, var, kl
 
     @staticmethod
@@ -275,7 +313,7 @@ class _WeightStats(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         _finish(ctx)
         # The incoming gradients belong to autograd (it may pass one tensor to several nodes): not owned.
-        g_theta, g_u = _stats_backward((*ctx.saved_tensors, ctx.below), g_mean, g_var, g_kl, owned=False)
+        g_theta, g_u = _stats_backward((ctx.saved_tensors, ctx.extra), g_mean, g_var, g_kl, owned=False)
         return g_theta, g_u, None, None, None, None
 
 
@@ -313,7 +351,7 @@ class _LinearSVD(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         _start(ctx, flag)
         mean, _, kl, moments, saved = _stats_forward(theta, log_sigma2, clip, threshold, train_mask)
-        if saved[5] is None:  # no train mask: the mean is theta
+        if saved[1] is None:  # torch operations without a train mask: the mean is theta, not in the buffer
             moments[0].copy_(mean)
         # Both matmuls as one batched call, ``[x, x^2] @ [mean, var]^T``: one parallel region instead of two,
         # measured 20-40% faster on CPU than two calls. Then linear_lrt's operations in its order, so that the
@@ -326,8 +364,8 @@ class _LinearSVD(torch.autograd.Function):
         std = var_out.add_(VAR_EPS).sqrt_()
         noise = torch.randn_like(out)
         out.addcmul_(std, noise)
-        ctx.has_bias, ctx.below = bias is not None, saved[5]
-        ctx.save_for_backward(xs, moments, std, noise, *saved[:5])
+        ctx.has_bias, ctx.extra = bias is not None, saved[1]
+        ctx.save_for_backward(xs, moments, std, noise, *saved[0])
         return out, kl
 
     @staticmethod
@@ -350,7 +388,7 @@ class _LinearSVD(torch.autograd.Function):
                 g_bias = g_out.sum(0)
         g_theta = g_u = None
         if needs[1] or needs[2]:
-            g_theta, g_u = _stats_backward((*stats, ctx.below), g_mean, g_var, g_kl, owned=True)
+            g_theta, g_u = _stats_backward((tuple(stats), ctx.extra), g_mean, g_var, g_kl, owned=True)
         return g_x, g_theta, g_u, g_bias, None, None, None, None
 
 

@@ -1,4 +1,7 @@
-"""The fused training path against the reference formulas: values, gradients, the KL cache, buffer reuse."""
+"""The fused training path against the reference formulas: values, gradients, the KL cache, buffer reuse.
+
+Every test runs twice on CPU: with the compiled kernel (``vdcore.cpu_kernel``) and with torch operations.
+"""
 
 import copy
 import pickle
@@ -9,10 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 import vdcore
+from vdcore import cpu_kernel
 from vdcore import functional as VF
 from vdcore.layers import Conv2dSVD, LinearSVD, SVDLayer
 
 CLIP, THRESHOLD = 8.0, 0.5
+
+
+@pytest.fixture(autouse=True, params=["compiled kernel", "torch operations"])
+def cpu_path(request, monkeypatch):
+    if request.param == "torch operations":
+        monkeypatch.setenv("VDCORE_CPU_KERNEL", "0")
+    elif cpu_kernel.load() is None:
+        pytest.skip("the compiled CPU kernel cannot be built here: tests/vdcore/test_cpu_kernel.py says why")
 
 
 def _weights(shape, dtype=torch.float64, seed=0):

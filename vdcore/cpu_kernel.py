@@ -1,0 +1,89 @@
+"""The compiled CPU kernel for a training step's per-weight work, built on first use.
+
+As torch operations, the per-weight work of a Sparse VD step (weight moments, KL and their gradients) is about
+25 calls, each a pass over the weights: on a small layer the calls cost more than the math, on a large one the
+passes do. ``csrc/weight_stats.cpp`` computes the same formulas in one vectorized pass each way.
+
+It is compiled with torch's extension loader the first time a CPU training step asks for it (about 10 s, once:
+the build is cached in torch's extensions directory, ``TORCH_EXTENSIONS_DIR``), for the vector width torch
+itself runs here. Where it cannot be built (no C++ compiler) or is turned off (``VDCORE_CPU_KERNEL=0``), the
+torch-operation path of ``vdcore.functional`` runs instead: the same results, slower. The kernel uses torch's
+own thread pool and sets nothing process-wide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "weight_stats.cpp"
+DTYPES = (torch.float32, torch.float64)
+# The instruction sets of torch's own CPU kernels, so that ours runs wherever torch's do.
+ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"],
+}
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}  # "ops" once built; "error" once a build failed
+
+
+def enabled() -> bool:
+    """False when ``VDCORE_CPU_KERNEL`` is ``0`` (or ``false``/``no``/``off``)."""
+    return os.environ.get("VDCORE_CPU_KERNEL", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def build_flags() -> list[str]:
+    """Compiler flags: optimized, no contracted multiply-adds (the reference's roundings), torch's vector width."""
+    return ["-O3", "-ffp-contract=off", *ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
+
+
+def _build() -> Any:
+    from torch.utils import cpp_extension  # imported here: it pulls in setuptools, needed only for a build
+
+    flags = build_flags()
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([torch.__version__, *flags]).encode()).hexdigest()
+    cpp_extension.load(
+        name=f"vdcore_weight_stats_{digest[:16]}",
+        sources=[str(SOURCE)],
+        extra_cflags=flags,
+        is_python_module=False,
+        verbose=False,
+    )
+    return torch.ops.vdcore
+
+
+def load() -> Any | None:
+    """``torch.ops.vdcore`` with the kernel's ops, building it if needed; None if it cannot be built.
+
+    A failed build warns once, with the reason, and is not retried in this process.
+    """
+    if "ops" in _state or "error" in _state:
+        return _state.get("ops")
+    with _lock:
+        if "ops" not in _state and "error" not in _state:
+            try:
+                _state["ops"] = _build()
+            except Exception as error:  # any build or load failure leaves the torch-operation path
+                _state["error"] = error
+                warnings.warn(
+                    f"vdcore: the compiled CPU kernel could not be built ({type(error).__name__}: {error}); "
+                    "training steps on CPU use torch operations instead (same results, slower). "
+                    "A C++ compiler (g++) and ninja make it available; VDCORE_CPU_KERNEL=0 silences this.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return _state.get("ops")
+
+
+def ops_for(theta: torch.Tensor) -> Any | None:
+    """The kernel's ops if they can run on ``theta`` (a float32 or float64 CPU tensor), else None."""
+    if theta.device.type != "cpu" or theta.dtype not in DTYPES or not enabled():
+        return None
+    return load()
