@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=20, help="dense epochs first (SBP starts pretrained)")
     parser.add_argument("--threshold", type=float, default=3.0, help="log alpha above which a unit is dropped")
     parser.add_argument("--unit-kl-exponent", type=float, default=0.5,
-                        help="each unit's KL counts fan_in ** this (higher keeps fewer units)")
+                        help="each unit's KL counts its multiply-adds per example ** this (higher keeps fewer units)")
     add_run_arguments(parser, out="out/bench-structured")
     args = parser.parse_args()
     apply_threads(args)

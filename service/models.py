@@ -146,7 +146,8 @@ class JobOptionsRequest(BaseModel):
         _OPTIONS.unit_kl_exponent,
         ge=0,
         le=1,
-        description="with structured: each unit's KL counts fan_in ** this; higher keeps fewer units (faster)",
+        description="with structured: each unit's KL counts its multiply-adds per example ** this; higher keeps "
+        "fewer units (faster)",
     )
 
     @model_validator(mode="after")

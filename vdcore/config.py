@@ -41,9 +41,10 @@ class SVDConfig(_DictMixin):
             per-weight rates, since dropping a class's logit would drop the class. Unit layers start at
             ``init_log_alpha``, also when built from scratch. ``"weight+unit"``: both, a rate per weight and a
             random scale per unit or filter (``LinearScaledSVD``, ``Conv2dScaledSVD``): compression and speed.
-        unit_kl_exponent: with unit rates, each unit's KL term counts ``fan_in ** unit_kl_exponent`` times: 0 is
-            the plain model (one term per unit, which frees few units), 1 counts it like a per-weight layer's
-            (which frees too many); higher keeps fewer units.
+        unit_kl_exponent: with unit rates, each unit's KL term counts ``cost ** unit_kl_exponent`` times, where
+            a unit's cost is its multiply-adds per example (its fan-in; for a filter, times its output positions):
+            0 is the plain model (one term per unit, which frees few units), 1 counts it like its weights' (which
+            frees too many); higher keeps fewer units, and the costly ones go first.
     """
 
     threshold: float = 3.0

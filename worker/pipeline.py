@@ -76,7 +76,7 @@ class JobOptions(_DictMixin):
     # A random scale per unit / filter on top of the per-weight rates, so whole units go too
     # (SVDConfig.granularity "weight+unit"): compression and a faster network from one job.
     structured: bool = False
-    # With structured: each unit's KL counts fan_in ** unit_kl_exponent times; higher keeps fewer units.
+    # With structured: each unit's KL counts its multiply-adds ** unit_kl_exponent times; higher keeps fewer units.
     unit_kl_exponent: float = 0.5
 
     def __post_init__(self) -> None:

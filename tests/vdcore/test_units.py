@@ -190,6 +190,17 @@ def test_kl_is_one_kl_approx_term_per_unit_weighted_by_fan_in_and_pushes_alpha_u
         SVDConfig(granularity="unit", unit_kl_exponent=2.0)
 
 
+def test_a_filters_kl_counts_its_multiply_adds_once_a_training_forward_saw_its_feature_map():
+    layer = Conv2dUnitSVD(4, 3, 3, kl_exponent=0.5)  # fan-in 36
+    before = layer.kl()
+    layer.train()(torch.randn(2, 4, 8, 8))  # 6 x 6 outputs per filter
+    assert layer.unit_positions == 36 and layer.unit_cost() == 36 * 36
+    torch.testing.assert_close(layer.kl(), before * 6)  # sqrt(36 * 36) against sqrt(36)
+    linear = LinearUnitSVD(9, 2, kl_exponent=0.5)
+    linear.train()(torch.randn(5, 9))
+    assert linear.unit_cost() == 9
+
+
 @torch.no_grad()
 def test_a_kept_units_scale_is_folded_into_its_row_and_bias():
     layer = LinearUnitSVD(4, 3)

@@ -26,7 +26,7 @@ class ScaledSVDLayer(UnitScale, SVDLayer):
     """What a per-weight layer with unit scales adds to its per-weight base (listed after it in the bases).
 
     The constructor takes the base's arguments plus ``init_log_alpha`` (the units' starting rate, scale 1) and
-    ``kl_exponent`` (each unit's KL term counts ``fan_in ** kl_exponent`` times, ``SVDConfig.unit_kl_exponent``).
+    ``kl_exponent`` (each unit's KL term counts ``unit_cost() ** kl_exponent`` times, ``SVDConfig.unit_kl_exponent``).
     ``log_alpha`` stays per weight; ``unit_log_alpha`` is per unit. ``mask()`` combines both, the KL sums both.
     """
 
