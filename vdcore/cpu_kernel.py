@@ -13,10 +13,13 @@ own thread pool and sets nothing process-wide.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +47,38 @@ def build_flags() -> list[str]:
     return ["-O3", "-ffp-contract=off", *ISA_FLAGS.get(torch.backends.cpu.get_cpu_capability(), [])]
 
 
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch's builder runs ``ninja`` from PATH; a virtual environment's own (the ``ninja`` package) is not on it
+    unless the environment is activated, so it is added for the build and taken away after."""
+    path = os.environ.get("PATH", "")
+    try:
+        import ninja  # type: ignore[import-untyped]
+    except ImportError:
+        ninja = None
+    if ninja is None or shutil.which("ninja"):
+        yield
+        return
+    os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, path])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
 def _build() -> Any:
     from torch.utils import cpp_extension  # imported here: it pulls in setuptools, needed only for a build
 
     flags = build_flags()
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([torch.__version__, *flags]).encode()).hexdigest()
-    cpp_extension.load(
-        name=f"vdcore_weight_stats_{digest[:16]}",
-        sources=[str(SOURCE)],
-        extra_cflags=flags,
-        is_python_module=False,
-        verbose=False,
-    )
+    with _ninja_on_path():
+        cpp_extension.load(
+            name=f"vdcore_weight_stats_{digest[:16]}",
+            sources=[str(SOURCE)],
+            extra_cflags=flags,
+            is_python_module=False,
+            verbose=False,
+        )
     return torch.ops.vdcore
 
 

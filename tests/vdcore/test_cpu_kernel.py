@@ -109,3 +109,11 @@ def test_a_failed_build_warns_once_and_training_still_runs(monkeypatch):
         mean, var, kl = VF.weight_stats(theta, log_sigma2, CLIP, THRESHOLD)
         (mean.sum() + var.sum() + kl).backward()
     assert theta.grad is not None and log_sigma2.grad is not None
+
+
+def test_the_environments_own_ninja_is_found_for_the_build_without_activation(monkeypatch, tmp_path):
+    pytest.importorskip("ninja", reason="the ninja package is a dependency; here it is missing")
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither a system ninja nor the environment's bin
+    with cpu_kernel._ninja_on_path():
+        assert shutil.which("ninja") is not None
+    assert os.environ["PATH"] == str(tmp_path)
