@@ -106,7 +106,8 @@ def unit_scale_sample(pre: Tensor, scale_mean: Tensor, scale_std: Tensor, noise_
 # The fast training path: the formulas above, with hand-written backwards. Autograd through them records ~20
 # nodes per layer, makes ~60 memory passes over the weights and allocates a fresh weight-sized tensor for most;
 # on small networks that costs more than the matmuls. Here a layer's training forward is one node whose
-# elementwise work runs in place in seven weight-sized buffers, with the KL and its gradient in the same pass.
+# elementwise work runs in place in seven weight-sized buffers, with the KL and its gradient in the same pass;
+# on CPU, the compiled kernel of ``vdcore.cpu_kernel`` does that work in one pass each way instead.
 # ---------------------------------------------------------------------------------------------------------------
 
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): the exp2 kernel is about 3x faster on CPU
