@@ -241,13 +241,13 @@ def _stats_backward(
     which saves two weight-sized allocations.
     """
     tensors, extra = saved
-    if isinstance(extra, _Compiled):  # the kernel writes the results into g_mean and g_var when it may
-        fresh = torch.contiguous_format
+    if isinstance(extra, _Compiled):
         if g_mean is None and g_var is None and g_kl is None:
             return None, None
-        theta = tensors[0]
+        # The kernel writes into g_mean and g_var where they are this function's and contiguous.
         g_theta, g_u = (
-            g if owned and g is not None and g.is_contiguous() else torch.empty_like(theta, memory_format=fresh)
+            g if owned and g is not None and g.is_contiguous()
+            else torch.empty_like(tensors[0], memory_format=torch.contiguous_format)
             for g in (g_mean, g_var)
         )
         extra.ops.svd_stats_backward(*tensors, g_mean, g_var, g_kl, g_theta, g_u)
@@ -389,7 +389,7 @@ class _LinearSVD(torch.autograd.Function):
                 g_bias = g_out.sum(0)
         g_theta = g_u = None
         if needs[1] or needs[2]:
-            g_theta, g_u = _stats_backward((tuple(stats), ctx.extra), g_mean, g_var, g_kl, owned=True)
+            g_theta, g_u = _stats_backward((stats, ctx.extra), g_mean, g_var, g_kl, owned=True)
         return g_x, g_theta, g_u, g_bias, None, None, None, None
 
 
