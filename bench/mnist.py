@@ -26,6 +26,7 @@ from bench.results import (
     add_run_arguments,
     append_section,
     apply_threads,
+    before_finetuning_rows,
     command_line,
     job_tables,
     machine,
@@ -58,6 +59,7 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
         f"| test error, dense | {error_before:.2f}% | - |" if args.pretrain_epochs else
         "| test error, dense | (from scratch: no dense network) | - |",
         f"| test error, compressed | {error_after:.2f}% | {published['error']}% |",
+        *before_finetuning_rows(report),
         f"| compression (all weights / non-zero) | {report['compression']:.1f}x | {published['compression']}x |",
         f"| non-zero weights per layer | {nonzero} | {published['nonzero']} |",
         f"| units per layer, before -> after shrink | {report['units']['before']} -> {report['units']['after']} | - |",
@@ -78,7 +80,8 @@ def main() -> None:
     args = parser.parse_args()
     apply_threads(args)
     options = JobOptions(epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
-                         lr=args.lr, seed=args.seed, device=args.device)
+                         lr=args.lr, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                         finetune_hold=args.finetune_hold, seed=args.seed, device=args.device)
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
 
     out = Path(args.out) / args.net
@@ -86,6 +89,7 @@ def main() -> None:
     lines = describe(args.net, report, args)
     title = f"MNIST {args.net}, " + (f"{args.pretrain_epochs} dense + " if args.pretrain_epochs else "from scratch, ")
     title += f"{args.epochs} Sparse VD epochs"
+    title += f" + {args.finetune_epochs} fine-tuning" if args.finetune_epochs else ""
     print("\n".join(lines) if args.no_write else append_section(title, lines))
 
 

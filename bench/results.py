@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 
+from vdcore.finetune import HOLDS
+from worker.pipeline import JobOptions
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
@@ -58,6 +61,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     defaults; ``apply_threads`` acts on ``--threads``."""
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-epochs", type=int, default=JobOptions().finetune_epochs,
+                        help="epochs on the data alone after pruning, zeros held (0: none)")
+    parser.add_argument("--finetune-lr", type=float, default=JobOptions().finetune_lr)
+    parser.add_argument("--finetune-hold", choices=HOLDS, default=JobOptions().finetune_hold,
+                        help="what fine-tuning keeps at zero: every pruned weight, or only the removed units")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -81,6 +89,14 @@ def print_progress(event: dict[str, Any]) -> None:
 
 def _kb(size: int) -> str:
     return f"{size / 1024:.1f} KB"
+
+
+def before_finetuning_rows(report: dict[str, Any]) -> list[str]:
+    """A row with the pruned network's test error before fine-tuning (the last training epoch's), when it ran."""
+    if not report["history"].get("finetuning"):
+        return []
+    error = 100 * (1 - report["history"]["training"][-1]["val_accuracy"])
+    return [f"| test error, compressed, before fine-tuning (zeros held) | {error:.2f}% | - |"]
 
 
 def job_tables(report: dict[str, Any], pretrain_epochs: int, epochs: int, stage: str) -> list[str]:
@@ -108,6 +124,10 @@ def job_tables(report: dict[str, Any], pretrain_epochs: int, epochs: int, stage:
         lines.append(f"| dense pretraining ({pretrain_epochs} epochs) | {timings['pretraining_s']:.0f} | "
                      f"{dense_epoch:.1f} |")
     lines.append(f"| {stage} ({epochs} epochs) | {timings['training_s']:.0f} | {per_epoch:.1f} |")
+    if "finetuning_s" in timings:
+        finetune_epochs = len(report["history"]["finetuning"])
+        lines.append(f"| fine-tuning, zeros held ({finetune_epochs} epochs) | {timings['finetuning_s']:.0f} | "
+                     f"{timings['finetuning_s'] / finetune_epochs:.1f} |")
     lines.append(f"| whole job | {timings['total_s']:.0f} | - |")
     if "pretraining_s" in timings:
         lines += ["", f"A {stage} epoch took {per_epoch / dense_epoch:.2f}x a dense epoch (same run, same data)."]

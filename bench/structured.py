@@ -29,6 +29,7 @@ from bench.results import (
     add_run_arguments,
     append_section,
     apply_threads,
+    before_finetuning_rows,
     command_line,
     job_tables,
     machine,
@@ -68,6 +69,7 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
         f"| test error, dense | {error_before:.2f}% | - |" if args.pretrain_epochs else
         "| test error, dense | (from scratch: no dense network) | - |",
         f"| test error, compressed | {error_after:.2f}% | {sbp['error']}% |",
+        *before_finetuning_rows(report),
         f"| units per layer, before -> after shrink | {units_before} -> {units_after} | {sbp['units']} (its count) |",
         f"| compression (all weights / non-zero) | {report['compression']:.1f}x | - |",
         f"| non-zero weights per layer | {nonzero} | - |",
@@ -91,8 +93,9 @@ def main() -> None:
     args = parser.parse_args()
     apply_threads(args)
     options = JobOptions(epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
-                         lr=args.lr, threshold=args.threshold, seed=args.seed, device=args.device, structured=True,
-                         unit_kl_exponent=args.unit_kl_exponent)
+                         lr=args.lr, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                         finetune_hold=args.finetune_hold, threshold=args.threshold, seed=args.seed,
+                         device=args.device, structured=True, unit_kl_exponent=args.unit_kl_exponent)
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
 
     out = Path(args.out) / args.net
@@ -102,6 +105,7 @@ def main() -> None:
         f"{args.pretrain_epochs} dense + " if args.pretrain_epochs else "from scratch, "
     )
     title += f"{args.epochs} epochs"
+    title += f" + {args.finetune_epochs} fine-tuning" if args.finetune_epochs else ""
     print("\n".join(lines) if args.no_write else append_section(title, lines))
 
 

@@ -29,6 +29,9 @@ from sqlalchemy.orm import Session
 from service.errors import JobConflict, NotFound
 from service.models import FINISHED, STATES, Job, JobRequest, new_id, utcnow
 
+# The pipeline's training stages in the order they run, each with the job option that counts its epochs.
+_STAGE_EPOCHS = {"pretraining": "pretrain_epochs", "training": "epochs", "finetuning": "finetune_epochs"}
+
 
 def create_job(
     *,
@@ -280,8 +283,9 @@ def record_progress(*, session: Session, job_id: str, event: Mapping[str, Any], 
     progress = _clean(dict(event) if "epoch" in event else {"stage": event["stage"]})
     if "epoch" in event and isinstance(event.get("seconds"), int | float):
         remaining = event["epochs"] - event["epoch"]
-        if event["stage"] == "pretraining":
-            remaining += job.request["options"]["epochs"]
+        stages = list(_STAGE_EPOCHS)
+        later = stages[stages.index(event["stage"]) + 1 :] if event["stage"] in _STAGE_EPOCHS else []
+        remaining += sum(job.request["options"].get(_STAGE_EPOCHS[stage], 0) for stage in later)
         progress["eta_seconds"] = event["seconds"] * remaining
     condition = [Job.id == job_id, Job.state == "running"]
     if attempt is not None:

@@ -149,6 +149,18 @@ class JobOptionsRequest(BaseModel):
         description="with structured: each unit's KL counts its multiply-adds per example ** this; higher keeps "
         "fewer units (faster)",
     )
+    finetune_epochs: int = Field(
+        _OPTIONS.finetune_epochs,
+        ge=0,
+        le=10_000,
+        description="after pruning, epochs on the data alone with the pruned weights held at zero (0: none)",
+    )
+    finetune_lr: float = Field(_OPTIONS.finetune_lr, gt=0, le=10, description="the fine-tuning's starting lr")
+    finetune_hold: Literal["weights", "units"] = Field(
+        _OPTIONS.finetune_hold,  # type: ignore[arg-type]
+        description="what fine-tuning keeps at zero: every pruned weight (the compression), or only the removed "
+        "units (denser, as fast, more accurate)",
+    )
 
     @model_validator(mode="after")
     def _pipeline_accepts(self) -> JobOptionsRequest:

@@ -35,11 +35,12 @@ def check_job_input(job: JobInput, *, settings: Settings) -> None:
     """
     options = job.options
     pretrain_epochs = 0 if job.weights is not None else options.pretrain_epochs  # uploaded weights replace it
-    if options.epochs + pretrain_epochs > settings.max_epochs:
+    total = options.epochs + pretrain_epochs + options.finetune_epochs
+    if total > settings.max_epochs:
         raise InvalidJob(
-            f"the job would train for {options.epochs + pretrain_epochs:,} epochs ({options.epochs:,} + "
-            f"{pretrain_epochs:,} pretraining); this service trains at most {settings.max_epochs:,} per job "
-            "(setting max_epochs)"
+            f"the job would train for {total:,} epochs ({options.epochs:,} + {pretrain_epochs:,} pretraining + "
+            f"{options.finetune_epochs:,} fine-tuning); this service trains at most {settings.max_epochs:,} per "
+            "job (setting max_epochs)"
         )
     try:
         plan = prepare(

@@ -4,7 +4,9 @@
     vdcore.sparsify_(model)                       # nn.Linear / nn.Conv2d -> LinearSVD / Conv2dSVD
     # (SVDConfig(granularity="weight+unit"): also a scale per unit or filter, so whole units go in shrink)
     vdcore.train(model, (x, y), val=(xv, yv))     # negative ELBO with KL warm-up
-    small = vdcore.shrink(vdcore.prune(model), x[:1])
+    pruned = vdcore.prune(model)
+    vdcore.finetune(pruned, (x, y), val=(xv, yv))  # optional: the data term alone, zeros held
+    small = vdcore.shrink(pruned, x[:1])
     vdcore.export_onnx(small, "model.onnx", x[:1])
 """
 
@@ -12,6 +14,7 @@ from vdcore.config import SVDConfig, TrainConfig
 from vdcore.data import DataError, Dataset, load_builtin, load_idx_dir, load_npz
 from vdcore.device import resolve_device
 from vdcore.export import ExportError, ExportResult, export_onnx, onnx_parity, onnx_session
+from vdcore.finetune import finetune
 from vdcore.latency import Latency, measure_latency
 from vdcore.layers import (
     Conv2dScaledSVD,
@@ -86,6 +89,7 @@ __all__ = [
     "elbo_loss",
     "evaluate",
     "export_onnx",
+    "finetune",
     "is_sparsified",
     "kingma_kl_divergence",
     "kingma_linear",

@@ -32,6 +32,7 @@ from vdcore.data import (
     split_validation,
 )
 from vdcore.export import ExportResult
+from vdcore.finetune import HOLDS
 from vdcore.latency import measure_latency
 from vdcore.shrink import GatherInput, layer_widths, shrink
 from vdcore.spec import ModelPlan, SpecError, plan_model
@@ -78,10 +79,21 @@ class JobOptions(_DictMixin):
     structured: bool = False
     # With structured: each unit's KL counts its multiply-adds ** unit_kl_exponent times; higher keeps fewer units.
     unit_kl_exponent: float = 0.5
+    # After pruning: epochs on the data term alone, lr falling to 0 (vdcore.finetune), holding every pruned weight
+    # at zero ("weights") or only the removed units ("units": denser, as fast, more accurate).
+    finetune_epochs: int = 5
+    finetune_lr: float = 3e-4
+    finetune_hold: str = "weights"
 
     def __post_init__(self) -> None:
         if self.pretrain_epochs < 0:
             raise ValueError(f"pretrain_epochs must be 0 or more, got {self.pretrain_epochs}")
+        if self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be 0 or more, got {self.finetune_epochs}")
+        if not self.finetune_lr > 0:
+            raise ValueError(f"finetune_lr must be positive, got {self.finetune_lr}")
+        if self.finetune_hold not in HOLDS:
+            raise ValueError(f"finetune_hold must be one of {HOLDS}, got {self.finetune_hold!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
         if not isinstance(self.structured, bool):  # "false" from a form or a command line is truthy
@@ -100,6 +112,10 @@ class JobOptions(_DictMixin):
             seed=self.seed,
             device=self.device,
         )
+
+    def finetune_config(self) -> TrainConfig:
+        """The fine-tuning after pruning: ``finetune_lr`` falling linearly to 0 over ``finetune_epochs``."""
+        return replace(self.train_config(self.finetune_epochs), lr=self.finetune_lr, lr_decay_start=0.0)
 
     def svd_config(self) -> SVDConfig:
         return SVDConfig(
@@ -216,8 +232,10 @@ def _train_stage(
     config: TrainConfig,
     on_progress: Progress | None,
     checkpoint_dir: Path | None,
+    fit: Callable[..., list[vdcore.EpochMetrics]] = vdcore.train,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Train and report each epoch as a progress event; a truthy answer from ``on_progress`` cancels.
+    """Train with ``fit`` (``vdcore.train`` or ``vdcore.finetune``) and report each epoch as a progress event; a
+    truthy answer from ``on_progress`` cancels.
 
     Returns the history and the epoch the stage resumed after (0 for a fresh start): with ``checkpoint_dir``
     each epoch is saved there, and a rerun of the job continues from the last one.
@@ -232,7 +250,7 @@ def _train_stage(
         return cancelled
 
     checkpoint = checkpoint_dir / f"{stage}.ckpt" if checkpoint_dir is not None else None
-    history = vdcore.train(
+    history = fit(
         model, data.dataset.train, data.dataset.val, config, on_epoch=on_epoch, checkpoint=checkpoint
     )
     if cancelled:
@@ -308,7 +326,7 @@ def run(
     checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if checkpoints is not None:
         checkpoints.mkdir(parents=True, exist_ok=True)
-    resumed = {"pretraining": 0, "training": 0}
+    resumed = {"pretraining": 0, "training": 0, "finetuning": 0}
     options = job.options
     data = prepare(job)
     device = vdcore.resolve_device(options.device)
@@ -342,8 +360,19 @@ def run(
     )
     timings["training_s"] = time.perf_counter() - mark
 
+    pruned = vdcore.prune(model)
+    finetuning: list[dict[str, Any]] = []
+    if options.finetune_epochs:
+        _notify(on_progress, {"stage": "finetuning"})
+        mark = time.perf_counter()
+        finetuning, resumed["finetuning"] = _train_stage(
+            "finetuning", pruned, data, options.finetune_config(), on_progress, checkpoints,
+            partial(vdcore.finetune, hold=options.finetune_hold),
+        )
+        timings["finetuning_s"] = time.perf_counter() - mark
+
     _notify(on_progress, {"stage": "exporting"})
-    pruned = vdcore.prune(model).cpu()
+    pruned = pruned.cpu().eval()
     save_weights(pruned, out / "weights.safetensors")
     sparse_report = vdcore.sparsity_report(pruned)
     _notify(on_progress, {"stage": "measuring"})
@@ -377,7 +406,7 @@ def run(
         },
         "onnx_parity_max_abs_diff": {"baseline": baseline.max_abs_diff, "model": compressed.max_abs_diff},
         "latency": latency,
-        "history": {"pretraining": pretrain, "training": history},
+        "history": {"pretraining": pretrain, "training": history, "finetuning": finetuning},
         "resumed_after_epoch": resumed,
         "timings": timings,
     }

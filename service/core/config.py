@@ -78,7 +78,9 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         2 * 1024 * MiB, gt=0, description="size of a job's uploaded dataset once decompressed, read from its headers"
     )
-    max_epochs: int = Field(1000, gt=0, description="epochs a job may train: epochs plus pretrain_epochs that run")
+    max_epochs: int = Field(
+        1000, gt=0, description="epochs a job may train: epochs, plus pretrain_epochs that run, plus finetune_epochs"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -199,16 +199,20 @@ def test_progress_of_an_epoch_gets_an_eta(session):
              "val_accuracy": None}
     assert jobs.record_progress(session=session, job_id=job.id, event=event) is False
     progress = jobs.get_job(session=session, owner="alice", job_id=job.id).progress
-    assert progress["epoch"] == 1 and progress["eta_seconds"] == 6.0
+    assert progress["epoch"] == 1 and progress["eta_seconds"] == 2.0 * (3 + JobOptions().finetune_epochs)
     assert progress["kl"] is None  # NaN is not JSON
 
 
-def test_pretraining_eta_includes_the_training_epochs(session):
-    job = new_job(session)  # 2 training epochs
+def test_an_eta_counts_the_stages_still_to_run(session):
+    job = new_job(session)  # 2 training epochs, then the default fine-tuning
+    finetune_epochs = JobOptions().finetune_epochs
     jobs.claim(session=session, job_id=job.id, lease_s=60)
-    jobs.record_progress(session=session, job_id=job.id, event={"stage": "pretraining", "epoch": 1, "epochs": 3,
-                                                                "seconds": 1.0})
-    assert jobs.get_job(session=session, owner="alice", job_id=job.id).progress["eta_seconds"] == 4.0
+    for stage, epochs, later in [("pretraining", 3, 2 + finetune_epochs), ("training", 2, finetune_epochs),
+                                 ("finetuning", finetune_epochs, 0)]:
+        jobs.record_progress(session=session, job_id=job.id, event={"stage": stage, "epoch": 1, "epochs": epochs,
+                                                                    "seconds": 1.0})
+        eta = jobs.get_job(session=session, owner="alice", job_id=job.id).progress["eta_seconds"]
+        assert eta == epochs - 1 + later, stage
 
 
 def test_a_stage_event_clears_the_previous_stage(session):

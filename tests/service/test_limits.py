@@ -239,14 +239,15 @@ def test_prepare_takes_the_limits_and_keeps_its_defaults(tmp_path):
 # --- epochs and parameters ----------------------------------------------------------------------------------
 
 
-def test_epochs_count_pretraining(limited, dispatched):
+def test_epochs_count_pretraining_and_finetuning(limited, dispatched):
     client, alice = limited(max_epochs=10)
-    within = DIGITS_REQUEST | {"options": {"epochs": 8, "pretrain_epochs": 2}}
+    within = DIGITS_REQUEST | {"options": {"epochs": 6, "pretrain_epochs": 2, "finetune_epochs": 2}}
     assert client.post("/v1/jobs", json=within, headers=alice).status_code == 202
-    over = DIGITS_REQUEST | {"options": {"epochs": 9, "pretrain_epochs": 2}}
+    over = DIGITS_REQUEST | {"options": {"epochs": 7, "pretrain_epochs": 2, "finetune_epochs": 2}}
     detail = refused(client.post("/v1/jobs", json=over, headers=alice), 422, "max_epochs", "at most 10")
-    assert "11 epochs" in detail
-    refused(client.post("/v1/jobs", json=DIGITS_REQUEST | {"options": {"epochs": 11, "pretrain_epochs": 0}},
+    assert "11 epochs (7 + 2 pretraining + 2 fine-tuning)" in detail
+    refused(client.post("/v1/jobs", json=DIGITS_REQUEST | {"options": {"epochs": 11, "pretrain_epochs": 0,
+                                                                       "finetune_epochs": 0}},
                         headers=alice), 422, "max_epochs")
     nothing_left(client, alice, 1, dispatched)
 
@@ -254,9 +255,9 @@ def test_epochs_count_pretraining(limited, dispatched):
 def test_epochs_with_uploaded_weights_skip_pretraining(limited, tmp_path):
     client, alice = limited(max_epochs=10)
     weights = weights_bytes(TINY_SPEC, tmp_path)
-    request = SPEC_REQUEST | {"options": {"epochs": 10, "pretrain_epochs": 30}}
+    request = SPEC_REQUEST | {"options": {"epochs": 10, "pretrain_epochs": 30, "finetune_epochs": 0}}
     assert submit_dataset(client, alice, tiny_dataset(), request, weights=weights).status_code == 202
-    request = SPEC_REQUEST | {"options": {"epochs": 11, "pretrain_epochs": 0}}
+    request = SPEC_REQUEST | {"options": {"epochs": 11, "pretrain_epochs": 0, "finetune_epochs": 0}}
     refused(submit_dataset(client, alice, tiny_dataset(), request, weights=weights), 422, "max_epochs")
 
 

@@ -12,6 +12,7 @@ from service import jobs
 from service.db import create_db_engine, ping
 from service.models import Job
 from tests.service.conftest import DIGITS_REQUEST, TINY_SPEC, new_key, npz_bytes, tiny_dataset, weights_bytes
+from worker.pipeline import JobOptions
 
 MISSING_ID = "00000000-0000-4000-8000-000000000000"
 IMAGE_SPEC_WITHOUT_FLATTEN = {
@@ -316,7 +317,7 @@ def test_progress_and_failure_are_shown(client, alice, app_session):
     jobs.record_progress(session=app_session, job_id=job_id, event=event)
     job = client.get(f"/v1/jobs/{job_id}", headers=alice).json()
     assert job["state"] == "running" and job["started_at"] is not None
-    assert job["progress"]["epoch"] == 1 and job["progress"]["eta_seconds"] == 1.5
+    assert job["progress"]["epoch"] == 1 and job["progress"]["eta_seconds"] == 1.5 * (1 + JobOptions().finetune_epochs)
     assert "lr" not in job["progress"] and "seconds" not in job["progress"]
     jobs.mark_failed(session=app_session, job_id=job_id, message="training diverged; lower lr")
     job = client.get(f"/v1/jobs/{job_id}", headers=alice).json()

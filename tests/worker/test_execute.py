@@ -104,7 +104,7 @@ def test_an_interrupted_job_resumes_from_its_last_epoch(world, monkeypatch):
     job = load(sessions, job_id)
     assert job.attempts == 2
     report = json.loads(storage.artifact(job_id, "report.json").path.read_bytes())
-    assert report["resumed_after_epoch"] == {"pretraining": 1, "training": 2}
+    assert report["resumed_after_epoch"] == {"pretraining": 1, "training": 2, "finetuning": 0}
     assert [m["epoch"] for m in report["history"]["training"]] == [1, 2, 3]
     assert not list(storage.artifact_dir.glob(".*")), "the dead attempt's partial directory is cleaned up"
 

@@ -27,7 +27,7 @@ from worker.pipeline import (
     run,
 )
 
-FAST = JobOptions(epochs=4, pretrain_epochs=2, batch_size=50, lr=3e-3, device="cpu")
+FAST = JobOptions(epochs=4, pretrain_epochs=2, finetune_epochs=2, batch_size=50, lr=3e-3, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,10 @@ def test_artifacts_and_report(finished):
     assert report["units"]["before"] == [300, 100, 10]
     assert set(report["latency"]) == {"batch_1", "batch_100"}
     assert report["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
-    assert len(report["history"]["pretraining"]) == 2 and len(report["history"]["training"]) == 4
+    history = report["history"]
+    assert [len(history[stage]) for stage in ("pretraining", "training", "finetuning")] == [2, 4, 2]
+    assert report["compression"] == pytest.approx(history["finetuning"][-1]["compression"])
+    assert report["compression"] == pytest.approx(history["training"][-1]["compression"]), "fine-tuning keeps zeros"
 
 
 def test_exported_model_has_the_reported_accuracy_in_onnxruntime(finished):
@@ -90,7 +93,7 @@ def test_the_faster_of_the_two_shrunk_forms_is_kept(finished):
 def test_progress_events(finished):
     _, _, events = finished
     stages = [e["stage"] for e in events if "epoch" not in e]
-    assert stages == ["pretraining", "training", "exporting", "measuring"]
+    assert stages == ["pretraining", "training", "finetuning", "exporting", "measuring"]
     epochs = [e for e in events if e["stage"] == "training" and "epoch" in e]
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and all("sparsity" in e for e in epochs)
 
@@ -149,6 +152,12 @@ def test_bad_options_are_refused():
         JobOptions(val_fraction=1.0)
     with pytest.raises(ValueError, match="threshold"):
         JobOptions(threshold=100.0)
+    with pytest.raises(ValueError, match="finetune_epochs"):
+        JobOptions(finetune_epochs=-1)
+    with pytest.raises(ValueError, match="finetune_lr"):
+        JobOptions(finetune_lr=0.0)
+    with pytest.raises(ValueError, match="finetune_hold must be one of"):
+        JobOptions(finetune_hold="rows")
 
 
 def test_untrained_weights_start_from_the_published_variances():
@@ -159,7 +168,8 @@ def test_untrained_weights_start_from_the_published_variances():
 
 
 def test_structured_job_drops_units_and_its_onnx_has_the_reported_accuracy(tmp_path):
-    options = JobOptions(epochs=8, pretrain_epochs=2, batch_size=50, lr=3e-3, device="cpu", structured=True)
+    options = JobOptions(epochs=8, pretrain_epochs=2, batch_size=50, lr=3e-3, device="cpu", structured=True,
+                         finetune_epochs=2, finetune_hold="units")
     assert options.svd_config().granularity == "weight+unit"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small tensors on shared cores: a second thread mostly waits
@@ -171,7 +181,9 @@ def test_structured_job_drops_units_and_its_onnx_has_the_reported_accuracy(tmp_p
     before, after = report["units"]["before"], report["units"]["after"]
     assert before == [300, 100, 10] and after[-1] == 10
     assert all(kept <= total for kept, total in zip(after, before, strict=True)) and sum(after) < sum(before)
-    assert report["compression"] > 2, "the weights keep their own rates: a structured job compresses too"
+    trained = report["history"]["training"][-1]["compression"]
+    assert trained > 2, "the weights keep their own rates: a structured job compresses too"
+    assert report["compression"] < trained, "fine-tuning that holds only units trains the kept units' zeros"
     data = load_digits()
     logits = onnx_session(tmp_path / "model.onnx").run(None, {"input": data.x_val.numpy()})[0]
     assert float(np.mean(logits.argmax(1) == data.y_val.numpy())) == pytest.approx(report["accuracy"]["after"])
