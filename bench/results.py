@@ -64,8 +64,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=JobOptions().finetune_epochs,
                         help="epochs on the data alone after pruning, zeros held (0: none)")
     parser.add_argument("--finetune-lr", type=float, default=JobOptions().finetune_lr)
-    parser.add_argument("--finetune-hold", choices=HOLDS, default=JobOptions().finetune_hold,
-                        help="what fine-tuning keeps at zero: every pruned weight, or only the removed units")
+    parser.add_argument("--finetune-hold", choices=("auto", *HOLDS), default=JobOptions().finetune_hold,
+                        help="what fine-tuning keeps at zero: every pruned weight, or only the removed units "
+                        "(auto: units in a structured job)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

@@ -156,10 +156,10 @@ class JobOptionsRequest(BaseModel):
         description="after pruning, epochs on the data alone with the pruned weights held at zero (0: none)",
     )
     finetune_lr: float = Field(_OPTIONS.finetune_lr, gt=0, le=10, description="the fine-tuning's starting lr")
-    finetune_hold: Literal["weights", "units"] = Field(
+    finetune_hold: Literal["auto", "weights", "units"] = Field(
         _OPTIONS.finetune_hold,  # type: ignore[arg-type]
         description="what fine-tuning keeps at zero: every pruned weight (the compression), or only the removed "
-        "units (denser, as fast, more accurate)",
+        "units (denser, as fast, more accurate); auto: units in a structured job, weights otherwise",
     )
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ from vdcore.data import (
     split_validation,
 )
 from vdcore.export import ExportResult
-from vdcore.finetune import HOLDS
+from vdcore.finetune import HOLDS, Hold
 from vdcore.latency import measure_latency
 from vdcore.shrink import GatherInput, layer_widths, shrink
 from vdcore.spec import ModelPlan, SpecError, plan_model
@@ -80,10 +80,11 @@ class JobOptions(_DictMixin):
     # With structured: each unit's KL counts its multiply-adds ** unit_kl_exponent times; higher keeps fewer units.
     unit_kl_exponent: float = 0.5
     # After pruning: epochs on the data term alone, lr falling to 0 (vdcore.finetune), holding every pruned weight
-    # at zero ("weights") or only the removed units ("units": denser, as fast, more accurate).
-    finetune_epochs: int = 5
-    finetune_lr: float = 3e-4
-    finetune_hold: str = "weights"
+    # at zero ("weights") or only the removed units ("units": denser, as fast, more accurate); "auto" holds units
+    # in a structured job (speed is its aim) and weights otherwise (compression is).
+    finetune_epochs: int = 10
+    finetune_lr: float = 1e-3
+    finetune_hold: str = "auto"
 
     def __post_init__(self) -> None:
         if self.pretrain_epochs < 0:
@@ -92,8 +93,8 @@ class JobOptions(_DictMixin):
             raise ValueError(f"finetune_epochs must be 0 or more, got {self.finetune_epochs}")
         if not self.finetune_lr > 0:
             raise ValueError(f"finetune_lr must be positive, got {self.finetune_lr}")
-        if self.finetune_hold not in HOLDS:
-            raise ValueError(f"finetune_hold must be one of {HOLDS}, got {self.finetune_hold!r}")
+        if self.finetune_hold not in ("auto", *HOLDS):
+            raise ValueError(f"finetune_hold must be 'auto' or one of {HOLDS}, got {self.finetune_hold!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
         if not isinstance(self.structured, bool):  # "false" from a form or a command line is truthy
@@ -116,6 +117,12 @@ class JobOptions(_DictMixin):
     def finetune_config(self) -> TrainConfig:
         """The fine-tuning after pruning: ``finetune_lr`` falling linearly to 0 over ``finetune_epochs``."""
         return replace(self.train_config(self.finetune_epochs), lr=self.finetune_lr, lr_decay_start=0.0)
+
+    def hold(self) -> Hold:
+        """What fine-tuning holds at zero, ``finetune_hold`` with "auto" resolved."""
+        if self.finetune_hold == "auto":
+            return "units" if self.structured else "weights"
+        return self.finetune_hold  # type: ignore[return-value]
 
     def svd_config(self) -> SVDConfig:
         return SVDConfig(
@@ -367,7 +374,7 @@ def run(
         mark = time.perf_counter()
         finetuning, resumed["finetuning"] = _train_stage(
             "finetuning", pruned, data, options.finetune_config(), on_progress, checkpoints,
-            partial(vdcore.finetune, hold=options.finetune_hold),
+            partial(vdcore.finetune, hold=options.hold()),
         )
         timings["finetuning_s"] = time.perf_counter() - mark
 

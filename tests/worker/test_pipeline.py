@@ -156,8 +156,13 @@ def test_bad_options_are_refused():
         JobOptions(finetune_epochs=-1)
     with pytest.raises(ValueError, match="finetune_lr"):
         JobOptions(finetune_lr=0.0)
-    with pytest.raises(ValueError, match="finetune_hold must be one of"):
+    with pytest.raises(ValueError, match="finetune_hold must be 'auto' or one of"):
         JobOptions(finetune_hold="rows")
+
+
+def test_finetuning_holds_units_in_a_structured_job_and_weights_otherwise():
+    assert JobOptions().hold() == "weights" and JobOptions(structured=True).hold() == "units"
+    assert JobOptions(structured=True, finetune_hold="weights").hold() == "weights"
 
 
 def test_untrained_weights_start_from_the_published_variances():
@@ -169,7 +174,7 @@ def test_untrained_weights_start_from_the_published_variances():
 
 def test_structured_job_drops_units_and_its_onnx_has_the_reported_accuracy(tmp_path):
     options = JobOptions(epochs=8, pretrain_epochs=2, batch_size=50, lr=3e-3, device="cpu", structured=True,
-                         finetune_epochs=2, finetune_hold="units")
+                         finetune_epochs=2)
     assert options.svd_config().granularity == "weight+unit"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small tensors on shared cores: a second thread mostly waits
