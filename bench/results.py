@@ -62,7 +62,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--finetune-epochs", type=int, default=JobOptions().finetune_epochs,
-                        help="epochs on the data alone after pruning, zeros held (0: none)")
+                        help="epochs on the data alone after pruning (0: none)")
     parser.add_argument("--finetune-lr", type=float, default=JobOptions().finetune_lr)
     parser.add_argument("--finetune-hold", choices=("auto", *HOLDS), default=JobOptions().finetune_hold,
                         help="what fine-tuning keeps at zero: every pruned weight, or only the removed units "
@@ -97,7 +97,7 @@ def before_finetuning_rows(report: dict[str, Any]) -> list[str]:
     if not report["history"].get("finetuning"):
         return []
     error = 100 * (1 - report["history"]["training"][-1]["val_accuracy"])
-    return [f"| test error, compressed, before fine-tuning (zeros held) | {error:.2f}% | - |"]
+    return [f"| test error, compressed, before fine-tuning | {error:.2f}% | - |"]
 
 
 def job_tables(report: dict[str, Any], pretrain_epochs: int, epochs: int, stage: str) -> list[str]:
@@ -127,7 +127,7 @@ def job_tables(report: dict[str, Any], pretrain_epochs: int, epochs: int, stage:
     lines.append(f"| {stage} ({epochs} epochs) | {timings['training_s']:.0f} | {per_epoch:.1f} |")
     if "finetuning_s" in timings:
         finetune_epochs = len(report["history"]["finetuning"])
-        lines.append(f"| fine-tuning, zeros held ({finetune_epochs} epochs) | {timings['finetuning_s']:.0f} | "
+        lines.append(f"| fine-tuning ({finetune_epochs} epochs) | {timings['finetuning_s']:.0f} | "
                      f"{timings['finetuning_s'] / finetune_epochs:.1f} |")
     lines.append(f"| whole job | {timings['total_s']:.0f} | - |")
     if "pretraining_s" in timings:
