@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from vdcore.finetune import HOLDS
-from worker.pipeline import JobOptions
+from worker.pipeline import FINETUNE_HOLDS, JobOptions
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -61,10 +60,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     defaults; ``apply_threads`` acts on ``--threads``."""
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--finetune-epochs", type=int, default=JobOptions().finetune_epochs,
+    job_defaults = JobOptions()
+    parser.add_argument("--finetune-epochs", type=int, default=job_defaults.finetune_epochs,
                         help="epochs on the data alone after pruning (0: none)")
-    parser.add_argument("--finetune-lr", type=float, default=JobOptions().finetune_lr)
-    parser.add_argument("--finetune-hold", choices=("auto", *HOLDS), default=JobOptions().finetune_hold,
+    parser.add_argument("--finetune-lr", type=float, default=job_defaults.finetune_lr)
+    parser.add_argument("--finetune-hold", choices=FINETUNE_HOLDS, default=job_defaults.finetune_hold,
                         help="what fine-tuning keeps at zero: every pruned weight, or only the removed units "
                         "(auto: units in a structured job)")
     parser.add_argument("--seed", type=int, default=0)

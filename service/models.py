@@ -153,7 +153,7 @@ class JobOptionsRequest(BaseModel):
         _OPTIONS.finetune_epochs,
         ge=0,
         le=10_000,
-        description="after pruning, epochs on the data alone with the pruned weights held at zero (0: none)",
+        description="after pruning, epochs on the data alone, holding what finetune_hold says (0: none)",
     )
     finetune_lr: float = Field(_OPTIONS.finetune_lr, gt=0, le=10, description="the fine-tuning's starting lr")
     finetune_hold: Literal["auto", "weights", "units"] = Field(

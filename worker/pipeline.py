@@ -59,6 +59,10 @@ class Cancelled(Exception):
     """The job was cancelled while it ran."""
 
 
+# What a job's fine-tuning may hold at zero: vdcore's choices, or "auto" (JobOptions.hold resolves it).
+FINETUNE_HOLDS = ("auto", *HOLDS)
+
+
 @dataclass(frozen=True)
 class JobOptions(_DictMixin):
     """What a user may tune. Defaults make a good short run; the published recipe uses 200 epochs."""
@@ -84,7 +88,7 @@ class JobOptions(_DictMixin):
     # in a structured job (speed is its aim) and weights otherwise (compression is).
     finetune_epochs: int = 10
     finetune_lr: float = 1e-3
-    finetune_hold: str = "auto"
+    finetune_hold: str = "auto"  # one of FINETUNE_HOLDS
 
     def __post_init__(self) -> None:
         if self.pretrain_epochs < 0:
@@ -93,7 +97,7 @@ class JobOptions(_DictMixin):
             raise ValueError(f"finetune_epochs must be 0 or more, got {self.finetune_epochs}")
         if not self.finetune_lr > 0:
             raise ValueError(f"finetune_lr must be positive, got {self.finetune_lr}")
-        if self.finetune_hold not in ("auto", *HOLDS):
+        if self.finetune_hold not in FINETUNE_HOLDS:
             raise ValueError(f"finetune_hold must be 'auto' or one of {HOLDS}, got {self.finetune_hold!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
@@ -379,7 +383,7 @@ def run(
         timings["finetuning_s"] = time.perf_counter() - mark
 
     _notify(on_progress, {"stage": "exporting"})
-    pruned = pruned.cpu().eval()
+    pruned = pruned.cpu()
     save_weights(pruned, out / "weights.safetensors")
     sparse_report = vdcore.sparsity_report(pruned)
     _notify(on_progress, {"stage": "measuring"})
