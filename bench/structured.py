@@ -90,13 +90,16 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=3.0, help="log alpha above which a unit is dropped")
     parser.add_argument("--unit-kl-exponent", type=float, default=0.5,
                         help="each unit's KL counts its multiply-adds per example ** this (higher keeps fewer units)")
+    parser.add_argument("--unit-multiple", type=int, default=JobOptions().unit_multiple,
+                        help="convolutions keeping a few filters more than a multiple of this drop to it (1: off)")
     add_run_arguments(parser, out="out/bench-structured")
     args = parser.parse_args()
     apply_threads(args)
     options = JobOptions(epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
                          lr=args.lr, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                          finetune_hold=args.finetune_hold, threshold=args.threshold, seed=args.seed,
-                         device=args.device, structured=True, unit_kl_exponent=args.unit_kl_exponent)
+                         device=args.device, structured=True, unit_kl_exponent=args.unit_kl_exponent,
+                         unit_multiple=args.unit_multiple)
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
 
     out = Path(args.out) / args.net

@@ -149,6 +149,13 @@ class JobOptionsRequest(BaseModel):
         description="with structured: each unit's KL counts its multiply-adds per example ** this; higher keeps "
         "fewer units (faster)",
     )
+    unit_multiple: int = Field(
+        _OPTIONS.unit_multiple,
+        ge=1,
+        le=1024,
+        description="with structured: a convolution keeping a few filters more than a multiple of this drops its "
+        "weakest down to it before fine-tuning, as CPUs run such counts fastest (8 for AVX2; 1: off)",
+    )
     finetune_epochs: int = Field(
         _OPTIONS.finetune_epochs,
         ge=0,

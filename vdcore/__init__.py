@@ -31,7 +31,7 @@ from vdcore.loss import elbo_loss, kl_divergence
 from vdcore.presets import PRESETS, preset_spec
 from vdcore.prune import prune
 from vdcore.report import LayerSparsity, SparsityReport, sparsity_report
-from vdcore.shrink import GatherInput, layer_widths, shrink
+from vdcore.shrink import GatherInput, layer_widths, pad_channels, round_units, shrink
 from vdcore.sparsify import is_sparsified, sparsify_, svd_layers
 from vdcore.spec import SpecError, build_model, plan_model
 from vdcore.train import EpochMetrics, evaluate, kl_weight, learning_rate, train
@@ -106,10 +106,12 @@ __all__ = [
     "measure_latency",
     "onnx_parity",
     "onnx_session",
+    "pad_channels",
     "plan_model",
     "preset_spec",
     "prune",
     "resolve_device",
+    "round_units",
     "save_weights",
     "shrink",
     "sparsify_",

@@ -8,7 +8,7 @@ from torch import nn
 
 from vdcore.export import export_onnx
 from vdcore.prune import prune
-from vdcore.shrink import GatherInput, layer_widths, shrink
+from vdcore.shrink import GatherInput, layer_widths, pad_channels, round_units, shrink
 from vdcore.sparsify import is_sparsified, sparsify_
 
 BATCH = 7
@@ -253,3 +253,90 @@ def test_shrunk_model_exports_to_onnx(make, input_shape, tmp_path) -> None:
     small = shrink(make(), example)
     result = export_onnx(small, tmp_path / "m.onnx", example)
     assert result.max_abs_diff <= 1e-4
+
+
+@torch.no_grad()
+def test_padding_rounds_hidden_convolutions_up_and_computes_the_same() -> None:
+    example = torch.randn(1, 3, 14, 14)
+    small = shrink(make_cnn(), example)
+    assert layer_widths(small) == [6, 4, 9, 4]
+    padded = pad_channels(small, example, 8)
+    # Both convolutions round up to 8; the Linear layers keep their widths (the runtime's GEMM takes any size).
+    assert layer_widths(padded) == [8, 8, 9, 4]
+    assert next(m for m in padded if isinstance(m, nn.BatchNorm2d)).num_features == 8
+    linear = next(m for m in padded if isinstance(m, nn.Linear))
+    assert linear.in_features == 8 * 4  # a block of 4 features per channel after the flatten
+    assert_same_outputs(small, padded, (3, 14, 14))
+    assert layer_widths(small) == [6, 4, 9, 4]  # the input model is not changed
+
+
+@torch.no_grad()
+def test_padding_an_aligned_network_or_to_one_changes_nothing() -> None:
+    example = torch.randn(1, 3, 14, 14)
+    small = shrink(make_cnn(), example)
+    for multiple, widths in ((1, [6, 4, 9, 4]), (2, [6, 4, 9, 4]), (4, [8, 4, 9, 4])):
+        assert layer_widths(pad_channels(small, example, multiple)) == widths
+    with pytest.raises(ValueError, match="multiple must be 1 or more"):
+        pad_channels(small, example, 0)
+
+
+@torch.no_grad()
+def test_padding_before_a_flattened_batch_norm_adds_a_neutral_block_per_channel() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(12), nn.Linear(12, 4))
+    net[3].running_mean.uniform_(-1.0, 1.0)
+    net[3].running_var.uniform_(0.5, 2.0)
+    net[3].weight.uniform_(0.5, 1.5)
+    net[3].bias.uniform_(-0.5, 0.5)
+    net.eval()
+    padded = pad_channels(net, torch.randn(1, 2, 4, 4), 4)
+    assert layer_widths(padded) == [4, 4]
+    assert padded[3].num_features == 16
+    assert_same_outputs(net, padded, (2, 4, 4))
+
+
+@torch.no_grad()
+def test_padded_model_exports_to_onnx(tmp_path) -> None:
+    example = torch.randn(1, 3, 14, 14)
+    padded = pad_channels(shrink(make_cnn(), example), example, 8)
+    assert export_onnx(padded, tmp_path / "m.onnx", example).max_abs_diff <= 1e-4
+
+
+@torch.no_grad()
+def make_conv_stack(filters: int) -> nn.Sequential:
+    """Input (1, 8, 8): conv 6x6 -> maxpool 3x3 -> flatten -> linear; filter k's weights all equal k + 1."""
+    net = nn.Sequential(nn.Conv2d(1, filters, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(filters * 9, 3))
+    for k in range(filters):
+        net[0].weight[k] = k + 1.0
+    net[4].weight.fill_(0.1)
+    return net
+
+
+@torch.no_grad()
+def test_round_units_drops_the_weakest_filters_down_to_the_multiple() -> None:
+    net = make_conv_stack(11)
+    net[0].weight[4] = 0  # a dead filter does not count: 10 kept, 10 = 8 + 2 -> the 2 weakest go
+    assert round_units(net, torch.randn(1, 1, 8, 8), 8) == [8]
+    alive = (net[0].weight.flatten(1) != 0).any(dim=1)
+    assert int(alive.sum()) == 8
+    assert not alive[:2].any() and alive[2:4].all()  # filters 0 and 1 (the smallest norms) went
+    read = net[4].weight.view(3, 11, 9)
+    assert (read[:, :2] == 0).all() and (read[:, 2:4] != 0).all()
+    assert layer_widths(shrink(net, torch.randn(1, 1, 8, 8))) == [8, 3]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("filters", "multiple", "kept"), [(12, 8, 12), (16, 8, 16), (7, 8, 7), (11, 1, 11)])
+def test_round_units_leaves_counts_it_would_cut_by_half_or_more(filters, multiple, kept) -> None:
+    net = make_conv_stack(filters)
+    before = net[0].weight.clone()
+    assert round_units(net, torch.randn(1, 1, 8, 8), multiple) == [kept]
+    assert torch.equal(net[0].weight, before)
+
+
+def test_round_units_refuses_a_network_still_in_training_form() -> None:
+    net = sparsify_(make_cnn())
+    with pytest.raises(ValueError, match="pruned plain"):
+        round_units(net, torch.randn(1, 3, 14, 14), 8)
+    with pytest.raises(ValueError, match="multiple must be 1 or more"):
+        round_units(make_cnn(), torch.randn(1, 3, 14, 14), 0)

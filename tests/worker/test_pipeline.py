@@ -11,8 +11,8 @@ from torch import nn
 import vdcore
 from vdcore.data import load_digits
 from vdcore.export import onnx_session
-from vdcore.presets import lenet_300_100
-from vdcore.shrink import GatherInput
+from vdcore.presets import lenet_5_caffe, lenet_300_100
+from vdcore.shrink import GatherInput, layer_widths
 from vdcore.spec import build_model
 from vdcore.weights import save_weights
 from worker.pipeline import (
@@ -72,14 +72,31 @@ def test_export_fastest_times_both_forms_and_keeps_one(tmp_path):
         net[1].weight[:, ::3] = 0  # a third of the pixels unread: a Gather could drop them
     example = torch.randn(1, 1, 28, 28)
     baseline = vdcore.export_onnx(net, tmp_path / "baseline.onnx", example)
-    small, compressed, latency = export_fastest(net, example, baseline, tmp_path)
+    fastest = export_fastest(net, example, baseline, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["baseline.onnx", "model.onnx"]
-    assert compressed.path == tmp_path / "model.onnx"
-    ops = {node.op_type for node in onnx.load(compressed.path).graph.node}
-    assert ("Gather" in ops) == any(isinstance(m, GatherInput) for m in small)
+    assert fastest.export.path == tmp_path / "model.onnx"
+    ops = {node.op_type for node in onnx.load(fastest.export.path).graph.node}
+    assert ("Gather" in ops) == fastest.input_gather == any(isinstance(m, GatherInput) for m in fastest.model)
+    assert fastest.channel_multiple == 1  # no convolution to pad
+    latency = fastest.latency
     assert set(latency) == {"batch_1", "batch_100"} and all(row["speedup"] > 0 for row in latency.values())
     x = torch.randn(5, 1, 28, 28)
-    logits = onnx_session(compressed.path).run(None, {"input": x.numpy()})[0]
+    logits = onnx_session(fastest.export.path).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(logits, net(x).detach().numpy(), atol=1e-4)
+
+
+def test_export_fastest_reports_the_units_shrink_kept_whatever_padding_won(tmp_path):
+    net = build_model(lenet_5_caffe())
+    with torch.no_grad():
+        net[0].weight[11:] = 0  # 11 filters left: the padded forms (16) are timed beside it
+    example = torch.randn(1, 1, 28, 28)
+    baseline = vdcore.export_onnx(net, tmp_path / "baseline.onnx", example)
+    fastest = export_fastest(net, example, baseline, tmp_path)
+    assert fastest.units == [11, 50, 500, 10]
+    assert fastest.channel_multiple in (1, 8, 16)
+    assert layer_widths(fastest.model)[0] == (11 if fastest.channel_multiple == 1 else 16)
+    x = torch.randn(5, 1, 28, 28)
+    logits = onnx_session(fastest.export.path).run(None, {"input": x.numpy()})[0]
     np.testing.assert_allclose(logits, net(x).detach().numpy(), atol=1e-4)
 
 
@@ -156,6 +173,8 @@ def test_bad_options_are_refused():
         JobOptions(finetune_epochs=-1)
     with pytest.raises(ValueError, match="finetune_lr"):
         JobOptions(finetune_lr=0.0)
+    with pytest.raises(ValueError, match="unit_multiple must be a whole number"):
+        JobOptions(unit_multiple=0)
     with pytest.raises(ValueError, match="finetune_hold must be 'auto' or one of"):
         JobOptions(finetune_hold="rows")
 
@@ -183,6 +202,7 @@ def test_structured_job_drops_units_and_its_onnx_has_the_reported_accuracy(tmp_p
     finally:
         torch.set_num_threads(threads)
     assert report["options"]["structured"] is True
+    assert report["channel_multiple"] in (1, 8, 16)
     before, after = report["units"]["before"], report["units"]["after"]
     assert before == [300, 100, 10] and after[-1] == 10
     assert all(kept <= total for kept, total in zip(after, before, strict=True)) and sum(after) < sum(before)
