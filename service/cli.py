@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,10 @@ from rich.table import Table
 from service.client import FINISHED, ApiError, Client
 from vdcore.presets import PRESETS
 from worker.pipeline import ARTIFACTS, JobError, JobInput, JobOptions, run
+
+# How long ``vdc serve`` lets its workers finish on shutdown before killing them; a job they were running is
+# taken up again from its checkpoint (the job store's lease runs out).
+WORKER_STOP_S = 20
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -239,13 +244,20 @@ def serve(args: argparse.Namespace) -> int:
     ]
     console.print(f"data in {settings.data_dir}; {args.workers} worker(s); API on http://{args.host}:{args.port}")
     console.print("create an API key with: vdc keys create --owner NAME")
+    # uvicorn stops on SIGTERM, then raises it again; its default action would end this process before the
+    # workers below are stopped, and they would run on, orphaned. Exiting instead runs the ``finally``.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         uvicorn.run("service.api.asgi:app", host=args.host, port=args.port, log_level="warning")
     finally:
         for worker in workers:
             worker.terminate()
         for worker in workers:
-            worker.wait(timeout=30)
+            try:
+                worker.wait(timeout=WORKER_STOP_S)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
     return 0
 
 

@@ -3,7 +3,9 @@ folder broker, with SQLite; nothing else running. Used over HTTP and through the
 
 import json
 import os
+import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -26,10 +28,18 @@ def server(tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(process, f"{base}/readyz", log)
+        workers = children(process.pid)
         yield base, create_key(env)
     finally:
         stop(process)
     assert list(workdir.iterdir()) == [], "vdc serve must keep its files under VDC_DATA_DIR"
+    assert process.returncode == 128 + signal.SIGTERM, "stopped by SIGTERM, vdc serve exits through its cleanup"
+    assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers), "its workers must stop with it"
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux's /proc)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def test_submit_watch_download_and_check_in_onnxruntime(server, tmp_path):
