@@ -108,7 +108,9 @@ def job_tables(report: dict[str, Any], pretrain_epochs: int, epochs: int, stage:
     """
     latency, files, timings = report["latency"], report["files"], report["timings"]
     form = "a Gather of the read inputs first" if report.get("input_gather") else "every input kept"
-    lines = [f"ONNX form kept (the faster of the two, timed): {form}.", "",
+    multiple = report.get("channel_multiple", 1)
+    form += f"; hidden convolutions padded to a multiple of {multiple} filters" if multiple > 1 else ""
+    lines = [f"ONNX form kept (the fastest of those timed): {form}.", "",
              "| onnxruntime CPU latency | dense (ms) | compressed (ms) | speed-up |", "|---|---|---|---|"]
     for batch, row in latency.items():
         lines.append(f"| {batch.replace('_', ' ')} | {row['baseline_ms']:.3f} | {row['compressed_ms']:.3f} | "
