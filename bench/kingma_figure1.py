@@ -9,7 +9,7 @@ its own inputs, the pixels included) on the MNIST training set (the IDX files in
 ``--mnist``) and measures the error on the t10k images in eval mode after the last epoch. The loss is the
 per-example negative ELBO: mean cross-entropy plus the variational layers' KL over the training-set size (no
 warm-up); Adam, constant learning rate. Widths, epochs, optimizer and rate p = 0.5 are this script's settings,
-not figures taken from the paper. Appends a table and a link to ``bench/figures/kingma_figure1.png`` to
+not figures taken from the paper. Appends a table and a link to ``bench/figures/kingma_figure1_<epochs>epochs.png`` to
 ``bench/RESULTS.md``.
 """
 
@@ -32,7 +32,14 @@ from bench.results import append_section, command_line, machine
 from vdcore import KINGMA_VARIANTS, kingma_kl_divergence, kingma_mlp, load_idx_dir
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
-FIGURE = Path(__file__).with_name("figures") / "kingma_figure1.png"
+FIGURES = Path(__file__).with_name("figures")
+
+
+def default_figure(epochs: int) -> Path:
+    """One plot per epoch count, so a new run does not redraw the plot an older section links to."""
+    return FIGURES / f"kingma_figure1_{epochs}epochs.png"
+
+
 LABELS = {
     "none": "no dropout",
     "binary": "binary dropout",
@@ -183,8 +190,8 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, default=0, help="use only the first N (0: all 60000)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--mnist", default=str(MNIST))
-    parser.add_argument("--figure", default=None, help=f"where the plot goes (default {FIGURE}; with "
-                        "--no-write, only if given)")
+    parser.add_argument("--figure", default=None, help=f"where the plot goes (default {FIGURES}/"
+                        "kingma_figure1_<epochs>epochs.png; with --no-write, only if given)")
     parser.add_argument("--no-write", action="store_true", help="print only: no RESULTS.md section, no figure")
     args = parser.parse_args()
     if args.threads:
@@ -193,14 +200,14 @@ def main() -> None:
     data = load_mnist(args.mnist, args.train_examples)
     started = time.perf_counter()
     results = {(v, w): [run_one(v, w, s, data, args) for s in args.seed] for w in args.widths for v in args.variants}
-    figure = Path(args.figure) if args.figure else (None if args.no_write else FIGURE)
+    figure = Path(args.figure) if args.figure else (None if args.no_write else default_figure(args.epochs))
     if figure is not None:
         plot(results, args, figure)
         print(f"figure: {figure}")
     link = None
     if figure is not None:
         resolved = figure.resolve()
-        link = str(resolved.relative_to(FIGURE.parents[1])) if resolved.is_relative_to(FIGURE.parents[1]) else None
+        link = str(resolved.relative_to(FIGURES.parent)) if resolved.is_relative_to(FIGURES.parent) else None
     lines = describe(results, args, time.perf_counter() - started, link)
     title = f"Kingma et al. 2015 Figure 1 (a): MNIST test error against width, {args.epochs} epochs"
     print("\n".join(lines) if args.no_write else append_section(title, lines))
