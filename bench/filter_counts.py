@@ -4,8 +4,9 @@
     python bench/filter_counts.py --conv1 8 9 11 12 16 --conv2 8 9 16 17 --hidden 48 --runs 200
 
 Exports LeNet-5-Caffe (20-50-500-10) and, for every pair of first- and second-convolution filter counts, the same
-network with those counts and ``--hidden`` units, all with random weights (latency does not depend on the values),
-and times them side by side in onnxruntime (one thread, ``vdcore.measure_latency``) at batch 1 and 100. It shows
+network with those counts and ``--hidden`` units, all with random weights (at batch 100 a trained network of the
+same shape times alike; at batch 1, where a run is mostly fixed cost, within about 20%), and times them side by
+side in onnxruntime (one thread, ``vdcore.measure_latency``) at batch 1 and 100. It shows
 why structured jobs round filter counts (``unit_multiple``, ``vdcore.round_units``) and try zero-padded forms
 (``vdcore.pad_channels``): onnxruntime's blocked convolutions want counts in multiples of the CPU's vector width.
 Appends a section to ``bench/RESULTS.md``.
@@ -31,9 +32,9 @@ BATCHES = (1, 100)
 
 def shaped_lenet5(conv1: int, conv2: int, hidden: int) -> torch.nn.Sequential:
     spec = lenet_5_caffe()
-    spec["layers"][0]["out_channels"] = conv1
-    spec["layers"][3]["out_channels"] = conv2
-    spec["layers"][7]["out_features"] = hidden
+    first, second = (layer for layer in spec["layers"] if layer["type"] == "conv2d")
+    hidden_layer = next(layer for layer in spec["layers"] if layer["type"] == "linear")
+    first["out_channels"], second["out_channels"], hidden_layer["out_features"] = conv1, conv2, hidden
     return build_model(spec)
 
 

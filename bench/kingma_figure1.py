@@ -35,9 +35,10 @@ MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
 FIGURES = Path(__file__).with_name("figures")
 
 
-def default_figure(epochs: int) -> Path:
+def default_figure(epochs: int | str) -> Path:
     """One plot per epoch count, so a new run does not redraw the plot an older section links to."""
     return FIGURES / f"kingma_figure1_{epochs}epochs.png"
+
 
 
 LABELS = {
@@ -190,8 +191,8 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, default=0, help="use only the first N (0: all 60000)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--mnist", default=str(MNIST))
-    parser.add_argument("--figure", default=None, help=f"where the plot goes (default {FIGURES}/"
-                        "kingma_figure1_<epochs>epochs.png; with --no-write, only if given)")
+    parser.add_argument("--figure", default=None, help=f"where the plot goes (default {default_figure('<epochs>')}; "
+                        "with --no-write, only if given)")
     parser.add_argument("--no-write", action="store_true", help="print only: no RESULTS.md section, no figure")
     args = parser.parse_args()
     if args.threads:
@@ -201,11 +202,10 @@ def main() -> None:
     started = time.perf_counter()
     results = {(v, w): [run_one(v, w, s, data, args) for s in args.seed] for w in args.widths for v in args.variants}
     figure = Path(args.figure) if args.figure else (None if args.no_write else default_figure(args.epochs))
+    link = None
     if figure is not None:
         plot(results, args, figure)
         print(f"figure: {figure}")
-    link = None
-    if figure is not None:
         resolved = figure.resolve()
         link = str(resolved.relative_to(FIGURES.parent)) if resolved.is_relative_to(FIGURES.parent) else None
     lines = describe(results, args, time.perf_counter() - started, link)
