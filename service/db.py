@@ -37,17 +37,21 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine for ``url``; a SQLite file's directory is created, and a dropped connection is replaced."""
+def create_db_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
+    """An engine for ``url`` whose pool keeps ``pool_size`` connections and opens up to ``max_overflow`` more
+    for a moment; a SQLite file's directory is created, and a dropped connection is replaced."""
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow}
     sqlite_file = _sqlite_file(url)
     if sqlite_file is not None:
         sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-        # check_same_thread: FastAPI runs a request's dependencies and handler on different threads.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S})
+        # check_same_thread: a pooled connection serves whichever thread checks it out next.
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}, **pool
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     connect_args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {}
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
 
 
 def create_sessionmaker(engine: Engine) -> sessionmaker[Session]:

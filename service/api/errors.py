@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from service.errors import ServiceError
@@ -39,7 +40,7 @@ def describe_errors(errors: Iterable[Mapping[str, Any]], root: str = "") -> str:
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _invalid_parameters(request: Request, exc: Exception) -> JSONResponse:
@@ -72,4 +73,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
     app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(PoolTimeout, _database_down)  # no connection came free in time
     app.add_exception_handler(Exception, _unexpected)

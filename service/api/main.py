@@ -14,6 +14,7 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
+from service.api.database import Database
 from service.api.errors import install_error_handlers
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import artifacts, health, jobs
@@ -24,6 +25,8 @@ from service.storage import Storage
 from service.submission import Dispatch
 
 logger = logging.getLogger(__name__)
+
+OVERFLOW = 20
 
 
 def create_app(
@@ -38,7 +41,8 @@ def create_app(
     checks only the database.
     """
     settings = settings or get_settings()
-    engine = create_db_engine(settings.database_url)
+    # The overflow serves what runs beside the requests' turns: submissions, the reconciler, probes, metrics.
+    engine = create_db_engine(settings.database_url, pool_size=settings.api_db_concurrency, max_overflow=OVERFLOW)
     factory = create_sessionmaker(engine)
     storage = Storage.from_settings(settings)
 
@@ -71,6 +75,9 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = factory
+    app.state.database = Database(
+        factory, concurrency=settings.api_db_concurrency, max_waiting=settings.api_max_waiting
+    )
     app.state.storage = storage
     app.state.dispatch = dispatch
     app.state.metrics = metrics

@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(1 * MiB, gt=0, description="size of a job's JSON request")
     max_parameters: int = Field(50_000_000, gt=0, description="largest model (in parameters) a job may train")
     page_size_max: int = Field(100, gt=0, description="most jobs returned by one GET /v1/jobs")
+    api_db_concurrency: int = Field(
+        4, gt=0, description="database calls one API process runs at once (its pool keeps as many connections); "
+        "on two cores more threads only contend for Python's interpreter lock"
+    )
+    api_max_waiting: int = Field(
+        1000, gt=0, description="requests one API process lets wait for the database; past that it answers 503 "
+        "with Retry-After at once"
+    )
     torch_threads: int = Field(1, gt=0, description="threads each worker process gives torch; workers share cores")
     max_attempts: int = Field(3, gt=0, description="runs of a job (first one and redeliveries) before it fails")
     job_time_limit_s: float = Field(6 * 3600, gt=0, description="wall-clock seconds a job may run")
