@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -228,20 +228,24 @@ def keys(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """The API and its workers on this machine: the same code as a deployment, with SQLite, local files and,
-    unless ``VDC_BROKER_URL`` is set, a broker in a folder, so nothing else needs to run."""
+    unless ``VDC_BROKER_URL`` is set, a broker in a folder, so nothing else needs to run. Workers that die are
+    started again (``service.supervisor``)."""
     import uvicorn
 
     from service.core.config import get_settings
     from service.db import upgrade_database
+    from service.supervisor import Supervisor
 
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     upgrade_database(settings.database_url)  # once, before the workers and the API start
     worker_command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
                       "--loglevel", "warning"]
-    workers = [
-        subprocess.Popen([*worker_command, "--hostname", f"vdc{i}@%h"], env=os.environ.copy())
-        for i in range(args.workers)
-    ]
+    workers = Supervisor(
+        {f"worker vdc{i}": [*worker_command, "--hostname", f"vdc{i}@%h"] for i in range(args.workers)},
+        env=os.environ.copy(),
+    )
+    workers.start()
     console.print(f"data in {settings.data_dir}; {args.workers} worker(s); API on http://{args.host}:{args.port}")
     console.print("create an API key with: vdc keys create --owner NAME")
     # uvicorn stops on SIGTERM, then raises it again; its default action would end this process before the
@@ -250,14 +254,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run("service.api.asgi:app", host=args.host, port=args.port, log_level="warning")
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(timeout=WORKER_STOP_S)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        workers.stop(timeout_s=WORKER_STOP_S)
     return 0
 
 

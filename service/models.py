@@ -117,6 +117,18 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+class Worker(Base):
+    """A worker process, as it last said it was up: it renews ``seen_at`` every heartbeat while it runs, so
+    workers that died (or lost their machine) fall silent rather than having to say so."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # Celery's node name, e.g. vdc0@host
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 _OPTIONS = JobOptions()
 
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs
+from service import jobs, workers
 from service.models import utcnow
 from service.submission import Dispatch
 
@@ -40,6 +40,7 @@ def reconcile(
     with sessions() as session:
         done.requeued = jobs.requeue_orphans(session=session, now=now)
         due = jobs.redispatch_due(session=session, now=now, after_s=redispatch_after_s)
+        workers.forget_silent(session=session, now=now)
     done.redispatched = due
     for job_id in done.requeued + done.redispatched:
         try:

@@ -14,6 +14,7 @@ own thread pool and sets nothing process-wide.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -66,16 +67,44 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = path
 
 
-def _build() -> Any:
+@contextlib.contextmanager
+def _build_guard(build_dir: Path) -> Iterator[None]:
+    """One process at a time builds, and none waits for a dead one.
+
+    torch's loader guards a build with a plain ``lock`` file; a process killed mid-build (a worker stopped by
+    the OOM killer, say) leaves it behind, and every later process then waits for it forever. An ``flock``,
+    which the kernel releases when its holder dies, guards the build instead; a torch lock found while holding
+    it belongs to a dead process and is removed.
+    """
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "build.flock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+
+
+def build_directory() -> Path:
+    """Where the kernel is built and cached: named by a hash of the source, the flags and torch's version."""
     from torch.utils import cpp_extension  # imported here: it pulls in setuptools, needed only for a build
 
-    flags = build_flags()
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([torch.__version__, *flags]).encode()).hexdigest()
-    with _ninja_on_path():
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([torch.__version__, *build_flags()]).encode()).hexdigest()
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    return Path(root) / f"vdcore_weight_stats_{digest[:16]}"
+
+
+def _build() -> Any:
+    from torch.utils import cpp_extension
+
+    build_dir = build_directory()
+    with _build_guard(build_dir), _ninja_on_path():
         cpp_extension.load(
-            name=f"vdcore_weight_stats_{digest[:16]}",
+            name=build_dir.name,
             sources=[str(SOURCE)],
-            extra_cflags=flags,
+            extra_cflags=build_flags(),
+            build_directory=str(build_dir),
             is_python_module=False,
             verbose=False,
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import torch
+from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -12,12 +14,29 @@ from service.db import create_db_engine, create_sessionmaker, upgrade_database
 from service.storage import Storage
 from worker.celery_app import app, settings
 from worker.execute import execute_job
+from worker.presence import Presence
 
 
 @cache
 def _sessions() -> sessionmaker[Session]:
     upgrade_database(settings.database_url)
     return create_sessionmaker(create_db_engine(settings.database_url))
+
+
+_presence: list[Presence] = []  # this process's, once it is ready
+
+
+@worker_ready.connect
+def _announce(sender: Any, **_: Any) -> None:
+    presence = Presence(_sessions(), sender.hostname, heartbeat_s=settings.heartbeat_s)
+    presence.start()
+    _presence.append(presence)
+
+
+@worker_shutdown.connect
+def _sign_off(**_: Any) -> None:
+    while _presence:
+        _presence.pop().stop()
 
 
 # A database that is down for a moment must not fail the job: retry with backoff, then let redelivery decide.

@@ -23,6 +23,15 @@ import pytest
 
 VDC = str(Path(sys.executable).with_name("vdc"))
 
+# Leases, heartbeats and the reconciler on a scale of seconds (production: a minute), so that each recovery
+# happens within a test.
+FAST_RECOVERY = {
+    "VDC_LEASE_S": "3",
+    "VDC_HEARTBEAT_S": "0.5",
+    "VDC_RECONCILE_INTERVAL_S": "0.5",
+    "VDC_REDISPATCH_AFTER_S": "2",
+}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -171,3 +180,42 @@ def create_key(env: dict[str, str], owner: str = "alice") -> dict[str, str]:
     key = subprocess.run([VDC, "keys", "create", "--owner", owner], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
     return {"Authorization": f"Bearer {key}"}
+
+
+class Serve:
+    """``vdc serve`` as a user starts it, in a folder of its own: the API under uvicorn and its supervised
+    workers, SQLite and the folder broker unless ``env`` names others."""
+
+    def __init__(self, folder: Path, env: dict[str, str] | None = None, workers: int = 1) -> None:
+        self.folder = folder
+        self.env = {k: v for k, v in os.environ.items() if k not in ("VDC_BROKER_URL", "VDC_DATABASE_URL")}
+        self.env |= {"VDC_DATA_DIR": str(folder / "data")} | (env or {})
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = folder / "serve.log"
+        self.workdir = folder / "cwd"
+        self.workdir.mkdir()
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [VDC, "serve", "--port", str(self.port), "--workers", str(workers)], env=self.env, stdout=out,
+                stderr=out, cwd=self.workdir,
+            )
+        wait_healthy(self.process, f"{self.base}/readyz", self.log)
+        self.auth = create_key(self.env)
+
+    def workers(self) -> list[int]:
+        """The worker processes ``vdc serve`` runs (Linux's /proc): children of any of its threads, since the
+        supervisor's thread starts those that replace dead ones."""
+        tasks = Path(f"/proc/{self.process.pid}/task").glob("*/children")
+        return sorted(int(child) for task in tasks for child in task.read_text().split())
+
+    def submit(self, request: dict[str, Any]) -> str:
+        response = httpx.post(f"{self.base}/v1/jobs", headers=self.auth, json=request, timeout=30)
+        assert response.status_code == 202, response.text
+        return f"{self.base}{response.json()['links']['self']}"
+
+    def job(self, url: str) -> dict[str, Any]:
+        return httpx.get(url, headers=self.auth, timeout=30).json()
+
+    def stop(self) -> None:
+        stop(self.process)

@@ -1,6 +1,5 @@
 """Faults survived, with real processes: a worker killed mid-training, Redis restarted with jobs waiting, the
-API restarted while a job runs, the database down. Leases, heartbeats and the reconciler run on a scale of
-seconds here (production: a minute) so that each recovery happens within the test."""
+API restarted while a job runs, the database down, all on the fast recovery scale of ``FAST_RECOVERY``."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import (
+    FAST_RECOVERY,
     PostgresServer,
     RedisServer,
     create_key,
@@ -24,13 +24,6 @@ from tests.integration.conftest import (
     wait_healthy,
 )
 from worker.pipeline import ARTIFACTS
-
-FAST_RECOVERY = {
-    "VDC_LEASE_S": "3",
-    "VDC_HEARTBEAT_S": "0.5",
-    "VDC_RECONCILE_INTERVAL_S": "0.5",
-    "VDC_REDISPATCH_AFTER_S": "2",
-}
 
 
 def job_request(epochs: int) -> dict:

@@ -9,37 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import VDC, create_key, free_port, stop, wait_healthy
+from tests.integration.conftest import VDC, Serve
 from tests.integration.jobcheck import REQUEST, submit_and_check
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve")
-    env = os.environ | {"VDC_DATA_DIR": str(folder / "data")}
-    env.pop("VDC_BROKER_URL", None)
-    env.pop("VDC_DATABASE_URL", None)
-    port = free_port()
-    log = folder / "serve.log"
-    workdir = folder / "cwd"
-    workdir.mkdir()
-    with open(log, "wb") as out:
-        process = subprocess.Popen([VDC, "serve", "--port", str(port)], env=env, stdout=out, stderr=out, cwd=workdir)
-    base = f"http://127.0.0.1:{port}"
+    serve = Serve(tmp_path_factory.mktemp("serve"))
+    workers = serve.workers()
     try:
-        wait_healthy(process, f"{base}/readyz", log)
-        workers = children(process.pid)
-        yield base, create_key(env)
+        yield serve.base, serve.auth
     finally:
-        stop(process)
-    assert list(workdir.iterdir()) == [], "vdc serve must keep its files under VDC_DATA_DIR"
-    assert process.returncode == 128 + signal.SIGTERM, "stopped by SIGTERM, vdc serve exits through its cleanup"
+        serve.stop()
+    assert list(serve.workdir.iterdir()) == [], "vdc serve must keep its files under VDC_DATA_DIR"
+    assert serve.process.returncode == 128 + signal.SIGTERM, "stopped by SIGTERM, vdc serve exits through its cleanup"
     assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers), "its workers must stop with it"
-
-
-def children(pid: int) -> list[int]:
-    """The processes ``pid`` started (Linux's /proc)."""
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def test_submit_watch_download_and_check_in_onnxruntime(server, tmp_path):

@@ -18,7 +18,7 @@ def test_migrations_build_the_schema_of_the_models(settings):
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
-        assert context.get_current_revision() == "0002"
+        assert context.get_current_revision() == "0003"
     engine.dispose()
 
 
@@ -28,7 +28,7 @@ def test_migrations_go_down_and_up_again(settings):
     engine = create_db_engine(settings.database_url)
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
     upgrade_database(settings.database_url)
-    assert {"jobs", "api_keys"} <= set(inspect(engine).get_table_names())
+    assert {"jobs", "api_keys", "workers"} <= set(inspect(engine).get_table_names())
     engine.dispose()
 
 

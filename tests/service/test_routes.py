@@ -8,9 +8,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 
-from service import jobs
+from service import jobs, workers
 from service.db import create_db_engine, ping
-from service.models import Job
+from service.models import Job, utcnow
 from tests.service.conftest import DIGITS_REQUEST, TINY_SPEC, new_key, npz_bytes, tiny_dataset, weights_bytes
 from worker.pipeline import JobOptions
 
@@ -405,9 +405,11 @@ def test_artifacts_wait_for_success(client, alice, app_session):
 # --- operations ---------------------------------------------------------------------------------------------
 
 
-def test_health_and_readiness(client):
+def test_health_and_readiness(client, app_session):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready", "checks": {"database": "ok"}}
+    assert client.get("/readyz").json() == {"status": "ready", "checks": {"database": "ok"}, "workers": 0}
+    workers.beat(session=app_session, name="vdc0@host", pid=1, started_at=utcnow())
+    assert client.get("/readyz").json()["workers"] == 1, "a worker heard from within a lease is alive"
 
 
 def test_readiness_names_the_dependency_that_is_down(make_client):

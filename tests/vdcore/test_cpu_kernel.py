@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -49,6 +51,17 @@ def kernel():
 def test_the_kernel_builds_where_a_compiler_is():
     assert cpu_kernel.load() is not None
     assert cpu_kernel.ops_for(torch.zeros(3)) is not None
+
+
+@pytest.mark.usefixtures("kernel")
+def test_a_build_lock_left_by_a_killed_process_does_not_stop_the_next():
+    """torch's loader would wait forever for the lock file of a worker killed while it built the kernel."""
+    (cpu_kernel.build_directory() / "lock").write_text("")
+    loads = subprocess.run(
+        [sys.executable, "-c", "import sys, vdcore.cpu_kernel as k; sys.exit(k.load() is None)"], timeout=180,
+        capture_output=True, text=True,
+    )
+    assert loads.returncode == 0, loads.stderr
 
 
 @pytest.mark.usefixtures("kernel")
