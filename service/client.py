@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import httpx
 
 FINISHED = ("succeeded", "failed", "cancelled")
+BUSY_RETRIES = 5  # a read the server refused as busy (503 with Retry-After) is tried again this often
+LONGEST_RETRY_AFTER_S = 30.0
 
 
 class ApiError(RuntimeError):
@@ -23,10 +26,13 @@ class Client:
         )
 
     def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, url, **kwargs)
-        except httpx.HTTPError as error:
-            raise ApiError(f"cannot reach {self.http.base_url}: {error}") from None
+        response = self._send(method, url, **kwargs)
+        for _ in range(BUSY_RETRIES):
+            retry_after = response.headers.get("retry-after", "")
+            if method != "GET" or response.status_code != 503 or not retry_after.isdigit():
+                break
+            time.sleep(min(float(retry_after), LONGEST_RETRY_AFTER_S))  # an overloaded server asked for a pause
+            response = self._send(method, url, **kwargs)
         if response.status_code >= 400:
             try:
                 detail = response.json().get("detail", response.text)
@@ -34,6 +40,12 @@ class Client:
                 detail = response.text
             raise ApiError(f"{response.status_code}: {detail}")
         return response
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, url, **kwargs)
+        except httpx.HTTPError as error:
+            raise ApiError(f"cannot reach {self.http.base_url}: {error}") from None
 
     def submit(self, request: dict[str, Any], weights: str | None = None, dataset: str | None = None,
                idempotency_key: str | None = None) -> dict[str, Any]:
