@@ -16,7 +16,7 @@ soon as the load stops.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
@@ -24,7 +24,7 @@ from anyio import CapacityLimiter
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import session_scope
-from service.errors import Unavailable
+from service.errors import ServiceError, Unavailable
 
 T = TypeVar("T")
 
@@ -39,18 +39,28 @@ class Busy(Unavailable):
         self.headers = {"Retry-After": str(RETRY_AFTER_S)}
 
 
+class Abandoned(ServiceError):
+    """The client went away while its request waited for its turn: nobody would read the answer."""
+
+    status_code = 499  # nginx's "client closed request", so the metrics can count these
+
+
 class Database:
     def __init__(self, sessions: sessionmaker[Session], *, concurrency: int, max_waiting: int) -> None:
         self.sessions = sessions
         self.max_waiting = max_waiting
         self.limiter = CapacityLimiter(concurrency)
 
-    async def run(self, work: Callable[[Session], T], *, long: bool = False) -> T:
+    async def run(
+        self, work: Callable[[Session], T], *, long: bool = False,
+        abandoned: Callable[[], Awaitable[bool]] | None = None,
+    ) -> T:
         """``work(session)`` on a worker thread, in a session of its own that is closed before this returns.
 
         ``long`` work spends most of its time outside the database (a submission's checks of its files): it runs
         on anyio's default thread pool instead of taking one of the database's turns for seconds; the engine's
-        pool has overflow connections for it.
+        pool has overflow connections for it. Work whose client has gone by its turn (``abandoned()``) is
+        skipped: after a burst of clients that gave up, the queue empties at once instead of serving nobody.
         """
         if long:
             return await anyio.to_thread.run_sync(self._in_session, work)
@@ -59,7 +69,10 @@ class Database:
                 f"the server is busy: {self.max_waiting} requests are already waiting for the database; "
                 f"retry after {RETRY_AFTER_S} s"
             )
-        return await anyio.to_thread.run_sync(self._in_session, work, limiter=self.limiter)
+        async with self.limiter:
+            if abandoned is not None and await abandoned():
+                raise Abandoned("the client closed the connection before its turn")
+            return await anyio.to_thread.run_sync(self._in_session, work)
 
     def _in_session(self, work: Callable[[Session], T]) -> T:
         with session_scope(self.sessions) as session:

@@ -58,11 +58,15 @@ class Caller:
     """The client behind a request, as far as its API key says: ``run(work)`` calls ``work(session, owner)``
     for the key's owner, after checking the key in the same session on the same thread."""
 
-    def __init__(self, database: Database, token: str) -> None:
-        self._database, self._token = database, token
+    def __init__(self, database: Database, token: str, request: Request) -> None:
+        self._database, self._token, self._request = database, token, request
 
     async def run(self, work: Callable[[Session, str], T], *, long: bool = False) -> T:
-        return await self._database.run(lambda session: work(session, self._owner(session)), long=long)
+        """Work skipped if the client has gone by its turn; asking would take a message from the request's
+        stream, harmless only once the body has been read (``long`` work reads a body, and is never skipped)."""
+        return await self._database.run(
+            lambda session: work(session, self._owner(session)), long=long, abandoned=self._request.is_disconnected
+        )
 
     async def owner(self) -> str:
         """Check the key alone, before a request's body is read."""
@@ -82,7 +86,7 @@ async def _caller(
         raise Unauthorized(
             "missing API key: send the header 'Authorization: Bearer <key>' (create a key with `vdc keys create`)"
         )
-    return Caller(request.app.state.database, credentials.credentials)
+    return Caller(request.app.state.database, credentials.credentials, request)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]

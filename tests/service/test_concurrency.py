@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 
-from service.api.database import Busy, Database
+from service.api.database import Abandoned, Busy, Database
 from service.api.main import create_app
 from service.db import create_db_engine, create_sessionmaker, upgrade_database
 from service.jobs import create_job
@@ -82,3 +82,21 @@ def test_busy_answers_503_with_retry_after(client, alice, path):
     assert response.headers["retry-after"] == "1"
     assert "busy" in response.json()["detail"]
     assert client.get("/healthz").status_code == 200, "probes do not queue for the database"
+
+
+def test_work_whose_client_left_while_it_waited_is_skipped(make_settings):
+    settings = make_settings()
+    upgrade_database(settings.database_url)
+    database = Database(create_sessionmaker(create_db_engine(settings.database_url)), concurrency=1, max_waiting=10)
+    ran: list[str] = []
+
+    async def gone() -> bool:
+        return True
+
+    async def main() -> None:
+        with pytest.raises(Abandoned):
+            await database.run(lambda session: ran.append("left"), abandoned=gone)
+        await database.run(lambda session: ran.append("stayed"))
+
+    anyio.run(main)
+    assert ran == ["stayed"]
