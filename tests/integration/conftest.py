@@ -182,6 +182,28 @@ def create_key(env: dict[str, str], owner: str = "alice") -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def job_request(epochs: int) -> dict[str, Any]:
+    """A digits job that trains for ``epochs`` after one dense epoch: long enough to kill things in."""
+    return {
+        "model": {"preset": "lenet-300-100"},
+        "dataset": {"builtin": "digits"},
+        "options": {"epochs": epochs, "pretrain_epochs": 1, "batch_size": 50, "lr": 0.003, "device": "cpu"},
+    }
+
+
+def submit(base: str, auth: dict[str, str], request: dict[str, Any]) -> str:
+    """POST ``request`` as JSON; the new job's URL."""
+    response = httpx.post(f"{base}/v1/jobs", headers=auth, json=request, timeout=30)
+    assert response.status_code == 202, response.text
+    return f"{base}{response.json()['links']['self']}"
+
+
+def training_past(job: dict[str, Any], epoch: int) -> bool:
+    """The job is in its Sparse VD training and has finished ``epoch`` epochs of it."""
+    progress = job["progress"] or {}
+    return progress.get("stage") == "training" and (progress.get("epoch") or 0) >= epoch
+
+
 class Serve:
     """``vdc serve`` as a user starts it, in a folder of its own: the API under uvicorn and its supervised
     workers, SQLite and the folder broker unless ``env`` names others."""
@@ -210,9 +232,7 @@ class Serve:
         return sorted(int(child) for task in tasks for child in task.read_text().split())
 
     def submit(self, request: dict[str, Any]) -> str:
-        response = httpx.post(f"{self.base}/v1/jobs", headers=self.auth, json=request, timeout=30)
-        assert response.status_code == 202, response.text
-        return f"{self.base}{response.json()['links']['self']}"
+        return submit(self.base, self.auth, request)
 
     def job(self, url: str) -> dict[str, Any]:
         return httpx.get(url, headers=self.auth, timeout=30).json()

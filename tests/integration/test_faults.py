@@ -20,18 +20,13 @@ from tests.integration.conftest import (
     RedisServer,
     create_key,
     free_port,
+    job_request,
+    submit,
+    training_past,
     wait_for,
     wait_healthy,
 )
 from worker.pipeline import ARTIFACTS
-
-
-def job_request(epochs: int) -> dict:
-    return {
-        "model": {"preset": "lenet-300-100"},
-        "dataset": {"builtin": "digits"},
-        "options": {"epochs": epochs, "pretrain_epochs": 1, "batch_size": 50, "lr": 0.003, "device": "cpu"},
-    }
 
 
 class Deployment:
@@ -68,9 +63,7 @@ class Deployment:
         return self._spawn("celery", "-A", "worker.celery_app", "worker", "--pool", "solo", "--loglevel", "warning")
 
     def submit(self, request: dict) -> str:
-        response = httpx.post(f"{self.base}/v1/jobs", headers=self.auth, json=request, timeout=30)
-        assert response.status_code == 202, response.text
-        return f"{self.base}{response.json()['links']['self']}"
+        return submit(self.base, self.auth, request)
 
     def get(self, url: str) -> httpx.Response:
         return httpx.get(url, headers=self.auth, timeout=30)
@@ -106,11 +99,7 @@ def test_a_worker_killed_mid_training_hands_its_job_to_another_that_resumes(sqli
     first = deployment.start_worker()
     job_url = deployment.submit(job_request(epochs=60))
 
-    def training_epoch_3() -> bool:
-        progress = deployment.get(job_url).json()["progress"] or {}
-        return progress.get("stage") == "training" and (progress.get("epoch") or 0) >= 3
-
-    wait_for(training_epoch_3, 120, "training to pass epoch 3")
+    wait_for(lambda: training_past(deployment.get(job_url).json(), 3), 120, "training to pass epoch 3")
     kill(first)
     job = deployment.get(job_url).json()
     assert job["state"] == "running", "a job whose worker died is not finished"

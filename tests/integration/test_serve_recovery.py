@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from service.client import FINISHED
-from tests.integration.conftest import FAST_RECOVERY, Serve, wait_for
+from tests.integration.conftest import FAST_RECOVERY, Serve, job_request, training_past, wait_for
 
 
 @pytest.fixture
@@ -21,17 +21,8 @@ def serve(tmp_path):
 
 
 def test_a_killed_worker_is_started_again_and_its_job_resumes(serve):
-    job_url = serve.submit({
-        "model": {"preset": "lenet-300-100"},
-        "dataset": {"builtin": "digits"},
-        "options": {"epochs": 40, "pretrain_epochs": 1, "batch_size": 50, "lr": 0.003, "device": "cpu"},
-    })
-
-    def training_epoch_3() -> bool:
-        progress = serve.job(job_url)["progress"] or {}
-        return progress.get("stage") == "training" and (progress.get("epoch") or 0) >= 3
-
-    wait_for(training_epoch_3, 180, "training to pass epoch 3")
+    job_url = serve.submit(job_request(epochs=40))
+    wait_for(lambda: training_past(serve.job(job_url), 3), 180, "training to pass epoch 3")
     assert httpx.get(f"{serve.base}/readyz").json()["workers"] == 1
     [worker] = serve.workers()
     os.kill(worker, signal.SIGKILL)  # as the kernel's OOM killer would
