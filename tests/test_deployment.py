@@ -1,5 +1,6 @@
-"""Docker has no engine on our machines, so the Dockerfile and compose file are checked by reading them:
-services, commands, environment and volumes must agree with the code they start."""
+"""The Dockerfile and compose file, read: services, commands, environment and volumes must agree with the code
+they start, and what the real run (tests/integration/test_compose.py) cannot show here must hold as written: the
+GPU workers' reservation, the torch pin, the user the image runs as."""
 
 import importlib
 import re
@@ -50,7 +51,7 @@ def test_commands_start_code_that_exists():
     api = SERVICES["api"]["command"]
     module, attribute = api[api.index("uvicorn") + 1].split(":")
     assert importlib.util.find_spec(module) is not None and attribute == "app"
-    assert api[api.index("--port") + 1] == "8000" and "8000:8000" in SERVICES["api"]["ports"]
+    assert api[api.index("--port") + 1] == "8000" and "${VDC_PORT:-8000}:8000" in SERVICES["api"]["ports"]
     assert re.search(r"EXPOSE 8000\b", DOCKERFILE)
     worker = SERVICES["worker"]["command"]
     celery_app = importlib.import_module(worker[worker.index("-A") + 1]).app
@@ -76,7 +77,7 @@ def test_servers_keep_their_data_in_volumes(name):
 
 def test_image_installs_pinned_torch_first_and_runs_as_non_root():
     torch_at = DOCKERFILE.index("torch==2.13.0")
-    project_at = DOCKERFILE.index("pip install '.[service]'")
+    project_at = DOCKERFILE.index("pip install -r /tmp/requirements.txt")
     assert torch_at < project_at
     assert DOCKERFILE.startswith("# ") and "FROM python:3.11" in DOCKERFILE
     users = re.findall(r"^USER\s+(\S+)", DOCKERFILE, re.M)

@@ -65,6 +65,7 @@ def execute_job(job_id: str, *, sessions: sessionmaker[Session], storage: Storag
             )
             return _conclude(session, storage, job_id, lambda: jobs.mark_failed(
                 session=session, job_id=job_id, message=message, attempt=attempt))
+        logger.info("job %s: attempt %d started", job_id, attempt)
         request = JobRequest.model_validate(job.request)
         job_input = request.to_job_input(**storage.upload_paths(job_id))
         with LeaseKeeper(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Any
 
@@ -15,6 +16,11 @@ from service.storage import Storage
 from worker.celery_app import app, settings
 from worker.execute import execute_job
 from worker.presence import Presence
+
+logger = logging.getLogger(__name__)
+# The ONNX exporter's optimizer logs each of its passes at INFO, a hundred lines a job; a worker's log is for jobs.
+for _noisy in ("onnxscript", "onnx_ir"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 
 @cache
@@ -47,6 +53,7 @@ def compress_job(job_id: str) -> str:
     storage = Storage.from_settings(settings)
     storage.create_dirs()
     outcome = execute_job(job_id, sessions=_sessions(), storage=storage, settings=settings)
+    logger.info("job %s: %s", job_id, outcome)
     if outcome == "deferred":  # its owner's other jobs hold all the owner's running slots: ask again later
         compress_job.apply_async((job_id,), countdown=settings.defer_s)
     return outcome

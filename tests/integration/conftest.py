@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -49,16 +49,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def missing(reason: str) -> NoReturn:
+    """Skip the test for ``reason``; a failure under VDC_REQUIRE_SERVICES=1, so that CI never skips it."""
+    if os.environ.get("VDC_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}; VDC_REQUIRE_SERVICES=1 forbids skipping")
+    pytest.skip(reason)
+
+
 def require_binary(name: str, candidates: list[str]) -> str:
-    """The binary's path, or a skip (a failure under VDC_REQUIRE_SERVICES=1) saying what is missing."""
+    """The binary's path, or ``missing`` saying what is not installed."""
     for candidate in candidates:
         found = shutil.which(candidate) or next(iter(sorted(glob.glob(candidate))), None)
         if found:
             return found
-    reason = f"{name} is not installed (looked for {', '.join(candidates)})"
-    if os.environ.get("VDC_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason}; VDC_REQUIRE_SERVICES=1 forbids skipping")
-    pytest.skip(reason)
+    missing(f"{name} is not installed (looked for {', '.join(candidates)})")
 
 
 def wait_healthy(process: subprocess.Popen, url: str, log: Path, timeout: float = 60) -> None:
