@@ -143,7 +143,7 @@ def test_a_job_runs_through_the_stack_and_its_model_runs_in_onnxruntime(stack, t
 def test_two_workers_run_two_jobs_at_once(stack):
     stack("up", "-d", "--scale", "worker=2")
     stack.wait_ready(workers=2)
-    urls = [submit(stack.base, stack.auth, job_request(epochs=20)) for _ in range(2)]
+    urls = [submit(stack.base, stack.auth, job_request(epochs=8)) for _ in range(2)]
     wait_for(lambda: all(stack.job(url)["state"] == "running" for url in urls), 60, "both jobs to run at once")
     assert {stack.runner(url, 1) for url in urls} == set(stack.containers("worker"))
     for url in urls:

@@ -1,0 +1,466 @@
+"""One compression job from inputs to artifacts: vdcore calls and files only (no queue, no database).
+
+The worker's task and ``vdc compress`` both call ``run``; the API calls ``prepare`` at submission so that every
+input error is found before a worker is involved.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import vdcore
+from recipe.plots import draw_plots
+from vdcore.config import SVDConfig, TrainConfig, _DictMixin
+from vdcore.data import (
+    DEFAULT_MAX_BYTES,
+    Dataset,
+    DataTooLarge,
+    load_builtin,
+    load_idx_dir,
+    load_npz,
+    split_validation,
+)
+from vdcore.export import ExportResult
+from vdcore.files import atomic_path
+from vdcore.finetune import HOLDS, Hold
+from vdcore.latency import measure_latency
+from vdcore.shrink import GatherInput, layer_widths, pad_channels, shrink
+from vdcore.spec import ModelPlan, SpecError, plan_model
+from vdcore.weights import check_weights, load_weights, save_weights
+
+LATENCY_BATCHES = (1, 100)
+# Channel counts the hidden convolutions of the shrunk network are also tried padded to (vdcore.pad_channels):
+# onnxruntime's blocked convolutions want multiples of the CPU's vector width, 8 floats (AVX2) or 16 (AVX-512).
+CHANNEL_MULTIPLES = (8, 16)
+ARTIFACTS = ("model.onnx", "baseline.onnx", "report.json", "weights.safetensors")
+
+
+class JobError(ValueError):
+    """A job that cannot run as asked; the message is for the user and says what to change."""
+
+
+class JobTooLarge(JobError):
+    """A job whose uploaded data passes one of ``prepare``'s size limits; ``limit`` is that argument's name."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class Cancelled(Exception):
+    """The job was cancelled while it ran."""
+
+
+# What a job's fine-tuning may hold at zero: vdcore's choices, or "auto" (JobOptions.hold resolves it).
+FINETUNE_HOLDS = ("auto", *HOLDS)
+
+
+@dataclass(frozen=True)
+class JobOptions(_DictMixin):
+    """What a user may tune. Defaults make a good short run; the published recipe uses 200 epochs."""
+
+    epochs: int = 100
+    pretrain_epochs: int = 30
+    batch_size: int = 100
+    lr: float = 1e-3
+    kl_warmup_start: float = 0.025
+    kl_warmup_end: float = 0.1
+    lr_decay_start: float = 0.5
+    threshold: float = 3.0
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    # A random scale per unit / filter on top of the per-weight rates, so whole units go too
+    # (SVDConfig.granularity "weight+unit"): compression and a faster network from one job.
+    structured: bool = False
+    # With structured: each unit's KL counts its multiply-adds ** unit_kl_exponent times; higher keeps fewer units.
+    unit_kl_exponent: float = 0.5
+    # With structured: after pruning, a hidden convolution keeping a few filters more than a multiple of this drops
+    # its weakest down to the multiple (vdcore.round_units; fine-tuning then recovers), so onnxruntime runs it in
+    # its blocked layout: 8 (AVX2) made LeNet-5's first layer twice as fast as 11 filters. 1: keep what pruning kept.
+    unit_multiple: int = 8
+    # After pruning: epochs on the data term alone, lr falling to 0 (vdcore.finetune), holding every pruned weight
+    # at zero ("weights") or only the removed units ("units": denser, as fast, more accurate); "auto" holds units
+    # in a structured job (speed is its aim) and weights otherwise (compression is).
+    finetune_epochs: int = 10
+    finetune_lr: float = 1e-3
+    finetune_hold: str = "auto"  # one of FINETUNE_HOLDS
+
+    def __post_init__(self) -> None:
+        if self.pretrain_epochs < 0:
+            raise ValueError(f"pretrain_epochs must be 0 or more, got {self.pretrain_epochs}")
+        if self.finetune_epochs < 0:
+            raise ValueError(f"finetune_epochs must be 0 or more, got {self.finetune_epochs}")
+        if isinstance(self.unit_multiple, bool) or not isinstance(self.unit_multiple, int) or self.unit_multiple < 1:
+            raise ValueError(f"unit_multiple must be a whole number, 1 or more, got {self.unit_multiple!r}")
+        if not self.finetune_lr > 0:
+            raise ValueError(f"finetune_lr must be positive, got {self.finetune_lr}")
+        if self.finetune_hold not in FINETUNE_HOLDS:
+            raise ValueError(f"finetune_hold must be 'auto' or one of {HOLDS}, got {self.finetune_hold!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if not isinstance(self.structured, bool):  # "false" from a form or a command line is truthy
+            raise ValueError(f"structured must be true or false, got {self.structured!r}")
+        self.train_config()
+        self.svd_config()
+
+    def train_config(self, epochs: int | None = None) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs if epochs is None else epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            kl_warmup_start=self.kl_warmup_start,
+            kl_warmup_end=self.kl_warmup_end,
+            lr_decay_start=self.lr_decay_start,
+            seed=self.seed,
+            device=self.device,
+        )
+
+    def finetune_config(self) -> TrainConfig:
+        """The fine-tuning after pruning: ``finetune_lr`` falling linearly to 0 over ``finetune_epochs``."""
+        return replace(self.train_config(self.finetune_epochs), lr=self.finetune_lr, lr_decay_start=0.0)
+
+    def hold(self) -> Hold:
+        """What fine-tuning holds at zero, ``finetune_hold`` with "auto" resolved."""
+        if self.finetune_hold == "auto":
+            return "units" if self.structured else "weights"
+        return self.finetune_hold  # type: ignore[return-value]
+
+    def svd_config(self) -> SVDConfig:
+        return SVDConfig(
+            threshold=self.threshold,
+            granularity="weight+unit" if self.structured else "weight",
+            unit_kl_exponent=self.unit_kl_exponent,
+        )
+
+
+@dataclass(frozen=True)
+class JobInput:
+    """A job as data: ``model`` is ``{"preset": name, ...}`` or ``{"spec": {...}}``; ``dataset`` is
+    ``{"builtin": name}``, ``{"npz": path}`` or ``{"idx_dir": path}``; ``weights`` a safetensors path."""
+
+    model: dict[str, Any]
+    dataset: dict[str, str]
+    weights: str | None = None
+    options: JobOptions = field(default_factory=JobOptions)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    plan: ModelPlan
+    dataset: Dataset
+
+
+Progress = Callable[[dict[str, Any]], bool | None]
+
+# ``prepare``'s argument for each of ``load_npz``'s limits.
+_DATASET_LIMITS = {"max_bytes": "max_dataset_bytes", "max_samples": "max_dataset_samples"}
+
+
+def _load_dataset(
+    source: dict[str, str], input_shape: Any, num_classes: Any, *, max_bytes: int, max_samples: int | None
+) -> Dataset:
+    if not isinstance(source, dict) or len(source) != 1:
+        raise JobError("dataset must be one of {'builtin': name}, {'npz': path} or {'idx_dir': path}")
+    (kind, value), = source.items()
+    if kind == "builtin":
+        return load_builtin(value)
+    if kind == "npz":
+        return load_npz(value, input_shape, num_classes, max_bytes=max_bytes, max_samples=max_samples)
+    if kind == "idx_dir":
+        return load_idx_dir(value)
+    raise JobError(f"unknown dataset kind {kind!r}; use 'builtin', 'npz' or 'idx_dir'")
+
+
+def prepare(
+    job: JobInput, *, max_dataset_bytes: int = DEFAULT_MAX_BYTES, max_dataset_samples: int | None = None
+) -> Prepared:
+    """Check a job's model, weights and data against each other, raising ``JobError`` for what does not fit.
+
+    A preset takes its input shape and class count from the data unless they are given. An npz dataset larger
+    than ``max_dataset_bytes`` once decompressed, or with more than ``max_dataset_samples`` examples, is refused
+    from its headers before it is read (``JobTooLarge``).
+    """
+    load_dataset = partial(_load_dataset, job.dataset, max_bytes=max_dataset_bytes, max_samples=max_dataset_samples)
+    model = job.model
+    if not isinstance(model, dict) or len(model.keys() & {"preset", "spec"}) != 1:
+        raise JobError("model must be {'preset': name, ...options} or {'spec': {...}}")
+    try:
+        if "spec" in model:
+            if len(model) != 1:
+                raise JobError("a model given as {'spec': ...} takes no other keys")
+            spec = model["spec"]
+            if not isinstance(spec, dict):
+                raise JobError("model.spec must be an object with input_shape, num_classes and layers")
+            dataset = load_dataset(spec.get("input_shape"), spec.get("num_classes"))
+        else:
+            dataset = load_dataset(model.get("input_shape"), model.get("num_classes"))
+            spec = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes} | model
+        plan = plan_model(spec)
+    except DataTooLarge as error:
+        raise JobTooLarge(str(error), _DATASET_LIMITS[error.limit]) from None
+    except (SpecError, ValueError) as error:
+        raise JobError(str(error)) from None
+    if tuple(dataset.input_shape) != plan.input_shape:
+        raise JobError(
+            f"the data's examples have shape {list(dataset.input_shape)} but the model takes "
+            f"{list(plan.input_shape)}; set the model's input_shape to match the data"
+        )
+    if dataset.num_classes > plan.num_classes:
+        raise JobError(
+            f"the labels go up to {dataset.num_classes - 1} but the model has only {plan.num_classes} classes"
+        )
+    if job.weights is not None:
+        try:
+            check_weights(plan.build(), job.weights)
+        except ValueError as error:
+            raise JobError(str(error)) from None
+    return Prepared(plan, split_validation(dataset, job.options.val_fraction, job.options.seed))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
+
+
+def _file_sizes(path: Path) -> dict[str, int]:
+    raw = path.read_bytes()
+    return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9))}
+
+
+def _notify(on_progress: Progress | None, event: dict[str, Any]) -> None:
+    if on_progress is not None and on_progress(event):
+        raise Cancelled
+
+
+def _train_stage(
+    stage: str,
+    model: nn.Module,
+    data: Prepared,
+    config: TrainConfig,
+    on_progress: Progress | None,
+    checkpoint_dir: Path | None,
+    fit: Callable[..., list[vdcore.EpochMetrics]] = vdcore.train,
+) -> tuple[list[dict[str, Any]], int]:
+    """Train with ``fit`` (``vdcore.train`` or ``vdcore.finetune``) and report each epoch as a progress event; a
+    truthy answer from ``on_progress`` cancels.
+
+    Returns the history and the epoch the stage resumed after (0 for a fresh start): with ``checkpoint_dir``
+    each epoch is saved there, and a rerun of the job continues from the last one.
+    """
+    new_epochs = 0
+    cancelled = False
+
+    def on_epoch(metrics: vdcore.EpochMetrics) -> bool:
+        nonlocal cancelled, new_epochs
+        new_epochs += 1
+        cancelled = bool(on_progress and on_progress({"stage": stage, **metrics.to_dict()}))
+        return cancelled
+
+    checkpoint = checkpoint_dir / f"{stage}.ckpt" if checkpoint_dir is not None else None
+    history = fit(
+        model, data.dataset.train, data.dataset.val, config, on_epoch=on_epoch, checkpoint=checkpoint
+    )
+    if cancelled:
+        raise Cancelled
+    return [metrics.to_dict() for metrics in history], len(history) - new_epochs
+
+
+def _start_from_scratch(model: nn.Module) -> None:
+    """Give untrained weights the published from-scratch start: every variance at ``init_log_sigma2``.
+
+    The swap's default (the same small alpha for every weight) keeps a trained network's outputs, which an
+    untrained one does not need; with it, LeNet-300-100 on digits ended at 50x instead of 88x (100 epochs,
+    equal accuracy).
+    """
+    for _, layer in vdcore.svd_layers(model):
+        if isinstance(layer, vdcore.LinearSVD | vdcore.Conv2dSVD):
+            nn.init.constant_(layer.log_sigma2, layer.init_log_sigma2)
+
+
+@dataclass(frozen=True)
+class Fastest:
+    """The shrunk network in the form that ran fastest, its ONNX file, and what the form is."""
+
+    model: nn.Sequential
+    export: ExportResult
+    latency: dict[str, dict[str, float]]
+    units: list[int]  # per weight layer, as shrink left them (before any padding)
+    input_gather: bool
+    channel_multiple: int  # hidden convolutions padded to a multiple of this (1: not padded)
+
+
+def export_fastest(pruned: nn.Sequential, example: torch.Tensor, baseline: ExportResult, out: Path) -> Fastest:
+    """Shrink ``pruned`` and write it to ``out/model.onnx`` in its fastest form, with its latency against
+    ``baseline``.
+
+    Several forms compute the same. When the first layer ignores some inputs, one gathers the read inputs first
+    and the other keeps zero weights for the rest; and hidden convolutions may be padded with zero filters to
+    each of ``CHANNEL_MULTIPLES``. Which is faster depends on the batch, the runtime and the CPU, so every
+    distinct form is timed side by side with the baseline at batches 1 and 100, and the lowest geometric mean
+    wins.
+    """
+    shrunk = [shrink(pruned, example, gather_inputs=True)]
+    if any(isinstance(m, GatherInput) for m in shrunk[0]):
+        shrunk.append(shrink(pruned, example, gather_inputs=False))
+    forms: list[tuple[nn.Sequential, nn.Sequential, int]] = []  # (form, shrunk network, channel multiple)
+    for small in shrunk:
+        widths: list[list[int]] = []
+        for multiple in (1, *CHANNEL_MULTIPLES):
+            form = pad_channels(small, example, multiple)
+            if layer_widths(form) not in widths:
+                widths.append(layer_widths(form))
+                forms.append((form, small, multiple))
+    exports = [
+        vdcore.export_onnx(form, out / f".model-candidate-{i}.onnx", example) for i, (form, _, _) in enumerate(forms)
+    ]
+    input_shape = tuple(example.shape[1:])
+    timed = {
+        batch: measure_latency([baseline.path, *(e.path for e in exports)], input_shape, batch=batch)
+        for batch in LATENCY_BATCHES
+    }
+    best = min(range(len(exports)), key=lambda i: math.prod(times[i + 1].median_ms for times in timed.values()))
+    for i, export in enumerate(exports):
+        if i != best:
+            export.path.unlink()
+    form, small, multiple = forms[best]
+    latency = {
+        f"batch_{batch}": {
+            "baseline_ms": times[0].median_ms,
+            "compressed_ms": times[best + 1].median_ms,
+            "speedup": times[0].median_ms / times[best + 1].median_ms,
+        }
+        for batch, times in timed.items()
+    }
+    return Fastest(
+        model=form,
+        export=replace(exports[best], path=exports[best].path.replace(out / "model.onnx")),
+        latency=latency,
+        units=layer_widths(small),
+        input_gather=any(isinstance(m, GatherInput) for m in small),
+        channel_multiple=multiple,
+    )
+
+
+def run(
+    job: JobInput,
+    out_dir: str | os.PathLike[str],
+    on_progress: Progress | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Compress one model and write ``ARTIFACTS`` and the plots named in the report into ``out_dir``; returns
+    the report.
+
+    ``on_progress`` receives stage and epoch events; returning ``True`` cancels the job (``Cancelled``). With
+    ``checkpoint_dir``, training saves every epoch there and a rerun of the same job resumes from the last
+    one (the report's ``resumed_after_epoch`` says where).
+    """
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if checkpoints is not None:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+    resumed = {"pretraining": 0, "training": 0, "finetuning": 0}
+    options = job.options
+    data = prepare(job)
+    device = vdcore.resolve_device(options.device)
+    torch.manual_seed(options.seed)
+    model = data.plan.build()
+    evaluation = data.dataset.val or data.dataset.train
+    example = data.dataset.x[:1]
+    timings: dict[str, float] = {}
+
+    pretrain: list[dict[str, Any]] = []
+    if job.weights is not None:
+        load_weights(model, job.weights)
+    elif options.pretrain_epochs:
+        _notify(on_progress, {"stage": "pretraining"})
+        mark = time.perf_counter()
+        pretrain, resumed["pretraining"] = _train_stage(
+            "pretraining", model, data, options.train_config(options.pretrain_epochs), on_progress, checkpoints
+        )
+        timings["pretraining_s"] = time.perf_counter() - mark
+    model.to(device).eval()
+    accuracy_before = vdcore.evaluate(model, evaluation)
+    baseline = vdcore.export_onnx(model, out / "baseline.onnx", example)
+
+    _notify(on_progress, {"stage": "training"})
+    mark = time.perf_counter()
+    vdcore.sparsify_(model, options.svd_config())
+    if job.weights is None and not options.pretrain_epochs:
+        _start_from_scratch(model)
+    history, resumed["training"] = _train_stage(
+        "training", model, data, options.train_config(), on_progress, checkpoints
+    )
+    timings["training_s"] = time.perf_counter() - mark
+
+    pruned = vdcore.prune(model)
+    if options.structured and options.unit_multiple > 1:
+        vdcore.round_units(pruned, example, options.unit_multiple)
+    finetuning: list[dict[str, Any]] = []
+    if options.finetune_epochs:
+        _notify(on_progress, {"stage": "finetuning"})
+        mark = time.perf_counter()
+        finetuning, resumed["finetuning"] = _train_stage(
+            "finetuning", pruned, data, options.finetune_config(), on_progress, checkpoints,
+            partial(vdcore.finetune, hold=options.hold()),
+        )
+        timings["finetuning_s"] = time.perf_counter() - mark
+
+    _notify(on_progress, {"stage": "exporting"})
+    pruned = pruned.cpu()
+    save_weights(pruned, out / "weights.safetensors")
+    sparse_report = vdcore.sparsity_report(pruned)
+    _notify(on_progress, {"stage": "measuring"})
+    fastest = export_fastest(pruned, example, baseline, out)
+    accuracy_after = vdcore.evaluate(fastest.model, evaluation)
+    timings["total_s"] = time.perf_counter() - started
+
+    report = {
+        "model": {
+            "input_shape": list(data.plan.input_shape),
+            "num_classes": data.plan.num_classes,
+            "parameters": data.plan.parameters,
+        },
+        "dataset": {
+            "name": data.dataset.name,
+            "train_examples": len(data.dataset.x),
+            "val_examples": len(evaluation[0]),
+        },
+        "options": options.to_dict(),
+        "device": str(device),
+        "accuracy": {"before": accuracy_before, "after": accuracy_after},
+        "compression": sparse_report.compression,
+        "sparsity": sparse_report.sparsity,
+        "weights": {"before": sparse_report.weights, "nonzero_after": sparse_report.nonzero},
+        "units": {"before": layer_widths(pruned), "after": fastest.units},
+        "input_gather": fastest.input_gather,
+        "channel_multiple": fastest.channel_multiple,
+        "layers": sparse_report.to_dict()["layers"],
+        "files": {
+            "baseline.onnx": _file_sizes(baseline.path),
+            "model.onnx": _file_sizes(fastest.export.path),
+        },
+        "onnx_parity_max_abs_diff": {"baseline": baseline.max_abs_diff, "model": fastest.export.max_abs_diff},
+        "latency": fastest.latency,
+        "history": {"pretraining": pretrain, "training": history, "finetuning": finetuning},
+        "resumed_after_epoch": resumed,
+        "timings": timings,
+    }
+    report["plots"] = draw_plots(report, pruned, data.plan.input_shape, out)
+    _write_json(out / "report.json", report)
+    return report
+

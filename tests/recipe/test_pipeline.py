@@ -1,0 +1,220 @@
+"""The compression pipeline without any queue: inputs checked, artifacts written, report honest."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import vdcore
+from recipe.pipeline import (
+    ARTIFACTS,
+    Cancelled,
+    JobError,
+    JobInput,
+    JobOptions,
+    _start_from_scratch,
+    export_fastest,
+    prepare,
+    run,
+)
+from vdcore.data import load_digits
+from vdcore.export import onnx_session
+from vdcore.presets import lenet_5_caffe, lenet_300_100
+from vdcore.shrink import GatherInput, layer_widths
+from vdcore.spec import build_model
+from vdcore.weights import save_weights
+
+FAST = JobOptions(epochs=4, pretrain_epochs=2, finetune_epochs=2, batch_size=50, lr=3e-3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("job")
+    events = []
+    report = run(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=FAST), out, events.append)
+    return out, report, events
+
+
+def test_artifacts_and_report(finished):
+    out, report, _ = finished
+    assert report["plots"] == ["training_curves.png", "layer_sparsity.png", "input_relevance.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*ARTIFACTS, *report["plots"]])
+    assert json.loads((out / "report.json").read_text()) == report
+    assert report["model"] == {"input_shape": [1, 8, 8], "num_classes": 10, "parameters": 50_610}
+    assert report["weights"]["before"] == 50_200
+    assert report["compression"] == pytest.approx(50_200 / report["weights"]["nonzero_after"])
+    assert [layer["weights"] for layer in report["layers"]] == [19_200, 30_000, 1_000]
+    assert report["units"]["before"] == [300, 100, 10]
+    assert set(report["latency"]) == {"batch_1", "batch_100"}
+    assert report["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
+    history = report["history"]
+    assert [len(history[stage]) for stage in ("pretraining", "training", "finetuning")] == [2, 4, 2]
+    assert report["compression"] == pytest.approx(history["finetuning"][-1]["compression"])
+    assert report["compression"] == pytest.approx(history["training"][-1]["compression"]), "fine-tuning keeps zeros"
+
+
+def test_exported_model_has_the_reported_accuracy_in_onnxruntime(finished):
+    out, report, _ = finished
+    data = load_digits()
+    for name, key in (("model.onnx", "after"), ("baseline.onnx", "before")):
+        logits = onnx_session(out / name).run(None, {"input": data.x_val.numpy()})[0]
+        accuracy = float(np.mean(logits.argmax(1) == data.y_val.numpy()))
+        assert accuracy == pytest.approx(report["accuracy"][key], abs=1e-9)
+
+
+def test_export_fastest_times_both_forms_and_keeps_one(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10)).eval()
+    with torch.no_grad():
+        net[1].weight[:, ::3] = 0  # a third of the pixels unread: a Gather could drop them
+    example = torch.randn(1, 1, 28, 28)
+    baseline = vdcore.export_onnx(net, tmp_path / "baseline.onnx", example)
+    fastest = export_fastest(net, example, baseline, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["baseline.onnx", "model.onnx"]
+    assert fastest.export.path == tmp_path / "model.onnx"
+    ops = {node.op_type for node in onnx.load(fastest.export.path).graph.node}
+    assert ("Gather" in ops) == fastest.input_gather == any(isinstance(m, GatherInput) for m in fastest.model)
+    assert fastest.channel_multiple == 1  # no convolution to pad
+    latency = fastest.latency
+    assert set(latency) == {"batch_1", "batch_100"} and all(row["speedup"] > 0 for row in latency.values())
+    x = torch.randn(5, 1, 28, 28)
+    logits = onnx_session(fastest.export.path).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(logits, net(x).detach().numpy(), atol=1e-4)
+
+
+def test_export_fastest_reports_the_units_shrink_kept_whatever_padding_won(tmp_path):
+    net = build_model(lenet_5_caffe())
+    with torch.no_grad():
+        net[0].weight[11:] = 0  # 11 filters left: the padded forms (16) are timed beside it
+    example = torch.randn(1, 1, 28, 28)
+    baseline = vdcore.export_onnx(net, tmp_path / "baseline.onnx", example)
+    fastest = export_fastest(net, example, baseline, tmp_path)
+    assert fastest.units == [11, 50, 500, 10]
+    assert fastest.channel_multiple in (1, 8, 16)
+    assert layer_widths(fastest.model)[0] == (11 if fastest.channel_multiple == 1 else 16)
+    x = torch.randn(5, 1, 28, 28)
+    logits = onnx_session(fastest.export.path).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(logits, net(x).detach().numpy(), atol=1e-4)
+
+
+def test_the_faster_of_the_two_shrunk_forms_is_kept(finished):
+    """With and without a leading Gather of the read pixels: the report says which one model.onnx is."""
+    out, report, _ = finished
+    ops = {node.op_type for node in onnx.load(out / "model.onnx").graph.node}
+    assert ("Gather" in ops) == report["input_gather"]
+
+
+def test_progress_events(finished):
+    _, _, events = finished
+    stages = [e["stage"] for e in events if "epoch" not in e]
+    assert stages == ["pretraining", "training", "finetuning", "exporting", "measuring"]
+    epochs = [e for e in events if e["stage"] == "training" and "epoch" in e]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and all("sparsity" in e for e in epochs)
+
+
+def test_cancel_stops_during_training(tmp_path):
+    def cancel_at_first_training_epoch(event):
+        return event["stage"] == "training" and event.get("epoch") == 1
+
+    job = JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=FAST)
+    with pytest.raises(Cancelled):
+        run(job, tmp_path, cancel_at_first_training_epoch)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_user_weights_and_npz_dataset(tmp_path):
+    spec = {
+        "input_shape": [64],
+        "num_classes": 10,
+        "layers": [{"type": "linear", "out_features": 32}, {"type": "relu"}, {"type": "linear", "out_features": 10}],
+    }
+    torch.manual_seed(0)
+    save_weights(build_model(spec), tmp_path / "w.safetensors")
+    data = load_digits()
+    np.savez(tmp_path / "d.npz", x=data.x.reshape(-1, 64).numpy(), y=data.y.numpy())
+    job = JobInput({"spec": spec}, {"npz": str(tmp_path / "d.npz")}, str(tmp_path / "w.safetensors"), FAST)
+    report = run(job, tmp_path / "out")
+    assert report["history"]["pretraining"] == []  # weights given: no dense pretraining
+    assert report["dataset"]["val_examples"] == 150  # 10% held out
+
+
+@pytest.mark.parametrize(
+    ("model", "dataset", "message"),
+    [
+        ({"preset": "lenet-5-caffe"}, {"builtin": "digits"}, "larger than the padded input"),
+        ({"preset": "lenet-300-100", "input_shape": [1, 28, 28]}, {"builtin": "digits"}, r"shape \[1, 8, 8\]"),
+        ({"preset": "lenet-300-100", "num_classes": 5}, {"builtin": "digits"}, "labels go up to 9"),
+        ({"preset": "x", "spec": {}}, {"builtin": "digits"}, "preset"),
+        ({"spec": "lenet"}, {"builtin": "digits"}, "must be an object"),
+        ({"preset": "lenet-300-100"}, {"builtin": "cifar"}, "unknown built-in dataset"),
+        ({"preset": "lenet-300-100"}, {"url": "http://x"}, "unknown dataset kind"),
+    ],
+)
+def test_prepare_refuses_what_does_not_fit(model, dataset, message):
+    with pytest.raises(JobError, match=message):
+        prepare(JobInput(model, dataset))
+
+
+def test_prepare_checks_weights_against_the_model(tmp_path):
+    save_weights(build_model({"preset": "lenet-300-100"}), tmp_path / "w.safetensors")  # 28x28 weights
+    with pytest.raises(JobError, match="has shape"):
+        prepare(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, str(tmp_path / "w.safetensors")))
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="val_fraction"):
+        JobOptions(val_fraction=1.0)
+    with pytest.raises(ValueError, match="threshold"):
+        JobOptions(threshold=100.0)
+    with pytest.raises(ValueError, match="finetune_epochs"):
+        JobOptions(finetune_epochs=-1)
+    with pytest.raises(ValueError, match="finetune_lr"):
+        JobOptions(finetune_lr=0.0)
+    with pytest.raises(ValueError, match="unit_multiple must be a whole number"):
+        JobOptions(unit_multiple=0)
+    with pytest.raises(ValueError, match="finetune_hold must be 'auto' or one of"):
+        JobOptions(finetune_hold="rows")
+
+
+def test_finetuning_holds_units_in_a_structured_job_and_weights_otherwise():
+    assert JobOptions().hold() == "weights" and JobOptions(structured=True).hold() == "units"
+    assert JobOptions(structured=True, finetune_hold="weights").hold() == "weights"
+
+
+def test_untrained_weights_start_from_the_published_variances():
+    model = vdcore.sparsify_(build_model(lenet_300_100((1, 8, 8))))
+    _start_from_scratch(model)
+    for _, layer in vdcore.svd_layers(model):
+        assert torch.all(layer.log_sigma2 == layer.init_log_sigma2)
+
+
+def test_structured_job_drops_units_and_its_onnx_has_the_reported_accuracy(tmp_path):
+    options = JobOptions(epochs=8, pretrain_epochs=2, batch_size=50, lr=3e-3, device="cpu", structured=True,
+                         finetune_epochs=2)
+    assert options.svd_config().granularity == "weight+unit"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors on shared cores: a second thread mostly waits
+    try:
+        report = run(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=options), tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert report["options"]["structured"] is True
+    assert report["channel_multiple"] in (1, 8, 16)
+    before, after = report["units"]["before"], report["units"]["after"]
+    assert before == [300, 100, 10] and after[-1] == 10
+    assert all(kept <= total for kept, total in zip(after, before, strict=True)) and sum(after) < sum(before)
+    trained = report["history"]["training"][-1]["compression"]
+    assert trained > 2, "the weights keep their own rates: a structured job compresses too"
+    assert report["compression"] < trained, "fine-tuning that holds only units trains the kept units' zeros"
+    data = load_digits()
+    logits = onnx_session(tmp_path / "model.onnx").run(None, {"input": data.x_val.numpy()})[0]
+    assert float(np.mean(logits.argmax(1) == data.y_val.numpy())) == pytest.approx(report["accuracy"]["after"])
+
+
+def test_structured_must_be_a_boolean():
+    with pytest.raises(ValueError, match="structured must be true or false"):
+        JobOptions(structured="false")  # type: ignore[arg-type]
+    assert JobOptions.from_dict({"structured": True}).svd_config().granularity == "weight+unit"
