@@ -31,6 +31,7 @@ RUN /opt/vdc/bin/python /src/requirements_of.py /src/pyproject.toml service > /t
 # dependencies (1.5 GB) as it was, in the build cache and in every registry and host that has pulled it.
 COPY README.md /src/
 COPY vdcore /src/vdcore
+COPY recipe /src/recipe
 COPY worker /src/worker
 COPY service /src/service
 RUN /opt/vdc/bin/pip wheel --no-deps --wheel-dir /wheels /src

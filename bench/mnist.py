@@ -4,7 +4,7 @@
     python bench/mnist.py --net lenet-5-caffe --pretrain-epochs 20 --epochs 60
     python bench/mnist.py --net lenet-300-100 --epochs 2 --no-write   # a smoke run
 
-Runs ``worker.pipeline.run`` on the full MNIST (the IDX files in ../shared/datasets/mnist, or ``--mnist``): the
+Runs ``recipe.pipeline.run`` on the full MNIST (the IDX files in ../shared/datasets/mnist, or ``--mnist``): the
 t10k images are the pipeline's validation set, so "accuracy after" is the test accuracy of the shrunk ONNX
 network's PyTorch twin, and the ONNX latencies (dense against compressed, batch 1 and 100) are measured side by
 side in the same run. Appends a section to ``bench/RESULTS.md`` and keeps the artifacts under ``--out``.
@@ -32,7 +32,7 @@ from bench.results import (
     machine,
     print_progress,
 )
-from worker.pipeline import JobInput, JobOptions, run
+from recipe.pipeline import JobInput, JobOptions, run
 
 # Molchanov, Ashukha and Vetrov 2017, Table 1 (Sparse VD rows): test error (%) and compression.
 PUBLISHED = {

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from worker.pipeline import FINETUNE_HOLDS, JobOptions
+from recipe.pipeline import FINETUNE_HOLDS, JobOptions
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

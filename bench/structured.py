@@ -5,7 +5,7 @@ Structured Bayesian Pruning beside it.
     python bench/structured.py --net lenet-5-caffe --pretrain-epochs 20 --epochs 100 --threads 1
     python bench/structured.py --net lenet-300-100 --epochs 1 --pretrain-epochs 1 --no-write   # a smoke run
 
-Runs ``worker.pipeline.run`` with ``structured=True`` (``SVDConfig(granularity="weight+unit")``: Sparse VD on every
+Runs ``recipe.pipeline.run`` with ``structured=True`` (``SVDConfig(granularity="weight+unit")``: Sparse VD on every
 weight and a learned random scale on every hidden unit and filter, the classifier per weight only) on the full MNIST
 (the IDX files in ../shared/datasets/mnist, or ``--mnist``). The t10k images are the pipeline's validation set, so
 "accuracy after" is the test accuracy of the shrunk network, and the onnxruntime latencies of the dense and the
@@ -35,7 +35,7 @@ from bench.results import (
     machine,
     print_progress,
 )
-from worker.pipeline import JobInput, JobOptions, run
+from recipe.pipeline import JobInput, JobOptions, run
 
 # Structured Bayesian Pruning (Neklyudov, Molchanov, Ashukha and Vetrov, NIPS 2017, "Structured Bayesian Pruning
 # via Log-Normal Multiplicative Noise"), its MNIST table as quoted in the product brief (shared/MISSION.md): test

@@ -17,9 +17,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from recipe.pipeline import ARTIFACTS, JobError, JobInput, JobOptions, run
 from service.client import FINISHED, ApiError, Client
 from vdcore.presets import PRESETS
-from worker.pipeline import ARTIFACTS, JobError, JobInput, JobOptions, run
 
 # How long ``vdc serve`` lets its workers finish on shutdown before killing them; a job they were running is
 # taken up again from its checkpoint (the job store's lease runs out).
@@ -239,7 +239,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     upgrade_database(settings.database_url)  # once, before the workers and the API start
-    worker_command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+    worker_command = [sys.executable, "-m", "celery", "-A", "worker.tasks", "worker", "--pool", "solo",
                       "--loglevel", "warning"]
     workers = Supervisor(
         {f"worker vdc{i}": [*worker_command, "--hostname", f"vdc{i}@%h"] for i in range(args.workers)},

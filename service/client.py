@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from vdcore.files import atomic_path
+
 FINISHED = ("succeeded", "failed", "cancelled")
 BUSY_RETRIES = 5  # a read the server refused as busy (503 with Retry-After) is tried again this often
 LONGEST_RETRY_AFTER_S = 30.0
@@ -74,13 +76,11 @@ class Client:
         saved = []
         for name in names or listed:
             target = out_dir / name
-            partial = target.with_name(f".{name}.partial")
             with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
                 if response.status_code >= 400:
                     raise ApiError(f"{response.status_code}: cannot download {name}")
-                with open(partial, "wb") as out:
+                with atomic_path(target) as partial, open(partial, "wb") as out:
                     for chunk in response.iter_bytes():
                         out.write(chunk)
-            partial.replace(target)
             saved.append(target)
         return saved

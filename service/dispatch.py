@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from service.queue import COMPRESS_JOB, celery_app
+
 
 def celery_dispatch(job_id: str) -> None:
-    """Queue the job for a worker. Imported late: the API module loads without Celery's task code."""
-    from worker.tasks import compress_job
-
-    compress_job.delay(job_id)
+    """Queue the job for a worker, by the task's name: the API never loads the worker's code."""
+    celery_app().send_task(COMPRESS_JOB, args=(job_id,))
 
 
 def celery_broker_check() -> None:
     """Raise unless the broker accepts a connection within a few seconds."""
-    from worker.celery_app import app
-
-    with app.connection_for_write() as connection:
+    with celery_app().connection_for_write() as connection:
         connection.ensure_connection(max_retries=1, timeout=3)

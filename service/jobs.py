@@ -282,7 +282,7 @@ def record_progress(*, session: Session, job_id: str, event: Mapping[str, Any], 
     """Store a pipeline progress event as the running job's progress; returns whether the worker should stop
     (a cancel was requested, or, given ``attempt``, the job is no longer this attempt's).
 
-    The result suits ``worker.pipeline.run``'s ``on_progress``, where a truthy answer cancels the run. An
+    The result suits ``recipe.pipeline.run``'s ``on_progress``, where a truthy answer cancels the run. An
     epoch event (``epoch``, ``epochs``, ``seconds``, metrics) gets an ``eta_seconds``; a stage event (only
     ``stage``) clears the previous stage's metrics.
     """

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from worker.pipeline import JobInput, JobOptions
+from recipe.pipeline import JobInput, JobOptions
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATES: tuple[str, ...] = get_args(JobState)
@@ -133,7 +133,7 @@ _OPTIONS = JobOptions()
 
 
 class JobOptionsRequest(BaseModel):
-    """``worker.pipeline.JobOptions`` with the ranges a service accepts; defaults are the pipeline's.
+    """``recipe.pipeline.JobOptions`` with the ranges a service accepts; defaults are the pipeline's.
 
     Strict types: ``"5"`` or ``true`` for an epoch count is a mistake to report, not to guess at.
     """

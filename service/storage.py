@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from recipe.pipeline import ARTIFACTS
+from recipe.plots import PLOTS
 from service.core.config import Settings
 from service.errors import TooLarge
-from worker.pipeline import ARTIFACTS
-from worker.plots import PLOTS
+from vdcore.files import atomic_path
 
 ARTIFACT_NAMES = (*ARTIFACTS, *PLOTS)
 MEDIA_TYPES = {".onnx": "application/octet-stream", ".json": "application/json",
@@ -112,17 +113,14 @@ class Storage:
         total = 0
         try:
             for part, source in files.items():
-                target = folder / UPLOADS[part]
-                partial = target.with_name(f".{target.name}.partial")
                 digest, size = hashlib.sha256(), 0
-                with open(partial, "wb") as out:
+                with atomic_path(folder / UPLOADS[part]) as partial, open(partial, "wb") as out:
                     while chunk := source.read(CHUNK_BYTES):
                         size += len(chunk)
                         if total + size > max_bytes:
                             raise TooLarge(f"the uploaded files are larger than the {_mib(max_bytes)} a job may upload")
                         digest.update(chunk)
                         out.write(chunk)
-                partial.replace(target)
                 total += size
                 saved[part] = {"bytes": size, "sha256": digest.hexdigest()}
         except BaseException:

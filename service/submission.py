@@ -1,7 +1,7 @@
 """Accepting a job: store its uploads, check everything that can be checked now, record it, hand it to a worker.
 
 A submission that fails any check leaves nothing behind: no row, no files. The checks are the pipeline's own
-(``worker.pipeline.prepare``), so the API refuses exactly what a worker would fail on.
+(``recipe.pipeline.prepare``), so the API refuses exactly what a worker would fail on.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
+from recipe.pipeline import JobInput, JobTooLarge, prepare
 from service import jobs, quotas
 from service.core.config import Settings
 from service.errors import InvalidJob, QuotaExceeded, TooLarge, Unavailable
 from service.models import Job, JobRequest, new_id
 from service.storage import Storage
 from vdcore.weights import check_weights
-from worker.pipeline import JobInput, JobTooLarge, prepare
 
 logger = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from vdcore.layers import (
     UnitSVDLayer,
 )
 from vdcore.loss import elbo_loss, kl_divergence
-from vdcore.presets import PRESETS, preset_spec
+from vdcore.presets import PRESETS
 from vdcore.prune import prune
 from vdcore.report import LayerSparsity, SparsityReport, sparsity_report
 from vdcore.shrink import GatherInput, layer_widths, pad_channels, round_units, shrink
 from vdcore.sparsify import is_sparsified, sparsify_, svd_layers
-from vdcore.spec import SpecError, build_model, plan_model
+from vdcore.spec import SpecError, build_model, plan_model, preset_spec
 from vdcore.train import EpochMetrics, evaluate, kl_weight, learning_rate, train
 from vdcore.variants import (
     KINGMA_VARIANTS,

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from vdcore.files import atomic_path
 from vdcore.prune import prune
 from vdcore.sparsify import is_sparsified
 
@@ -47,9 +48,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: T
     model = prune(model) if is_sparsified(model) else model
     model = model.eval().cpu()
     example = example_input.detach().cpu().float()
-    tmp = path.with_name(f".{path.name}.partial")
     batch = torch.export.Dim("batch", min=1)
-    try:
+    with atomic_path(path) as tmp:
         with _quiet_exporter():
             torch.onnx.export(
                 model,
@@ -66,9 +66,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: T
         diff = onnx_parity(model, tmp, example)
         if not diff <= PARITY_TOLERANCE:
             raise ExportError(f"onnxruntime differs from PyTorch by {diff:.3g} (> {PARITY_TOLERANCE})")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(path=path, bytes=path.stat().st_size, max_abs_diff=diff)
 
 

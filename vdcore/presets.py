@@ -1,12 +1,12 @@
-"""The named architectures of the papers, as specs: LeNet-300-100, LeNet-5-Caffe and the VGG-like CNN."""
+"""The named architectures of the papers, as specs: LeNet-300-100, LeNet-5-Caffe and the VGG-like CNN.
+
+Plain data: ``vdcore.spec.preset_spec`` checks a preset's name and options and reports their errors.
+"""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
-
-from vdcore.spec import SpecError, check_shape
 
 Spec = dict[str, Any]
 
@@ -58,7 +58,7 @@ def vgg_like(input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, wi
     is left out, so small inputs still build.
     """
     if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width <= 4:
-        raise SpecError(f"vgg-like 'width' must be a number in (0, 4], got {width!r}")
+        raise ValueError(f"vgg-like 'width' must be a number in (0, 4], got {width!r}")
     layers: list[dict[str, Any]] = []
     side = min(input_shape[1:]) if len(input_shape) == 3 else 0
     for item in _VGG_PLAN:
@@ -90,15 +90,3 @@ PRESETS: dict[str, Callable[..., Spec]] = {
     "vgg-like": vgg_like,
 }
 
-
-def preset_spec(name: str, **options: Any) -> Spec:
-    """The spec of a named preset; ``options`` may set ``input_shape``, ``num_classes`` (and ``width``)."""
-    if name not in PRESETS:
-        raise SpecError(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
-    allowed = set(inspect.signature(PRESETS[name]).parameters)
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise SpecError(f"preset {name!r} takes {sorted(allowed)}, not {unknown}")
-    if "input_shape" in options:
-        options["input_shape"] = check_shape(options["input_shape"], "input_shape")
-    return PRESETS[name](**options)

@@ -12,12 +12,15 @@ when given, they must agree. Every error names the layer and says what to change
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+
+from vdcore.presets import PRESETS
 
 Shape = tuple[int, ...]
 
@@ -229,6 +232,22 @@ def check_shape(value: Any, what: str) -> Shape:
     return tuple(value)
 
 
+def preset_spec(name: str, **options: Any) -> dict[str, Any]:
+    """The spec of a named preset; ``options`` may set ``input_shape``, ``num_classes`` (and ``width``)."""
+    if name not in PRESETS:
+        raise SpecError(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
+    allowed = set(inspect.signature(PRESETS[name]).parameters)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise SpecError(f"preset {name!r} takes {sorted(allowed)}, not {unknown}")
+    if "input_shape" in options:
+        options["input_shape"] = check_shape(options["input_shape"], "input_shape")
+    try:
+        return PRESETS[name](**options)
+    except ValueError as error:
+        raise SpecError(str(error)) from None
+
+
 def plan_model(spec: dict[str, Any], max_parameters: int = DEFAULT_MAX_PARAMETERS) -> ModelPlan:
     """Check ``spec`` completely, without allocating any weight, and return its plan."""
     if not isinstance(spec, dict):
@@ -236,8 +255,6 @@ def plan_model(spec: dict[str, Any], max_parameters: int = DEFAULT_MAX_PARAMETER
     if "preset" in spec:
         if not isinstance(spec["preset"], str):
             raise SpecError(f"'preset' must be a preset name, got {spec['preset']!r}")
-        from vdcore.presets import preset_spec
-
         options = {k: v for k, v in spec.items() if k != "preset"}
         spec = preset_spec(spec["preset"], **options)
     unknown = sorted(set(spec) - {"input_shape", "num_classes", "layers"})

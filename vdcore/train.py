@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from vdcore.config import TrainConfig
 from vdcore.device import resolve_device
+from vdcore.files import atomic_path
 from vdcore.loss import elbo_loss
 from vdcore.report import sparsity_report
 
@@ -114,9 +115,8 @@ def _set_rng_states(states: dict[str, Tensor], device: torch.device, generator: 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a run killed while writing leaves the previous checkpoint whole."""
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(state, partial)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        torch.save(state, partial)
 
 
 def _load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:

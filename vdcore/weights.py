@@ -11,6 +11,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from vdcore.files import atomic_path
+
 # BatchNorm's step counter is bookkeeping, not a weight: a file may leave it out.
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 # A header entry takes ~100 bytes per tensor; the rest is room for metadata. Parsing takes many times a header's
@@ -27,9 +29,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Write ``model``'s state dict as safetensors (contiguous CPU copies), to a temporary name then renamed."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def _check_header_size(path: str | os.PathLike[str], tensors: int) -> None:

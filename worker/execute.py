@@ -11,13 +11,13 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from recipe.pipeline import Cancelled, JobError, run
 from service import jobs
 from service.core.config import Settings
 from service.errors import JobConflict
 from service.models import Job, JobRequest
 from service.storage import Storage
 from worker.lease import LeaseKeeper
-from worker.pipeline import Cancelled, JobError, run
 
 logger = logging.getLogger(__name__)
 

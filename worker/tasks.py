@@ -1,4 +1,8 @@
-"""The queue's view of a job: an id in, the job store updated. The work itself is ``worker.execute``."""
+"""The queue's view of a job: an id in, the job store updated. The work itself is ``worker.execute``.
+
+Workers start with ``celery -A worker.tasks worker``: this module's ``app`` is ``service.queue``'s, with the task
+registered under the name the API sends.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.core.config import get_settings
 from service.db import create_db_engine, create_sessionmaker, upgrade_database
+from service.queue import COMPRESS_JOB, celery_app
 from service.storage import Storage
-from worker.celery_app import app, settings
 from worker.execute import execute_job
 from worker.presence import Presence
 
 logger = logging.getLogger(__name__)
+settings = get_settings()
+app = celery_app()
 # The ONNX exporter's optimizer logs each of its passes at INFO, a hundred lines a job; a worker's log is for jobs.
 for _noisy in ("onnxscript", "onnx_ir"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -46,7 +53,7 @@ def _sign_off(**_: Any) -> None:
 
 
 # A database that is down for a moment must not fail the job: retry with backoff, then let redelivery decide.
-@app.task(name="vdc.compress_job", autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+@app.task(name=COMPRESS_JOB, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
 def compress_job(job_id: str) -> str:
     # Workers share the machine's cores; torch would otherwise start one thread per core in each of them.
     torch.set_num_threads(settings.torch_threads)

@@ -1,6 +1,6 @@
 """The FastAPI application: ``create_app(settings, dispatch)`` wires settings, database, storage and routes.
 
-``dispatch(job_id)`` hands a committed job to the workers (production passes Celery's ``compress_job.delay``;
+``dispatch(job_id)`` hands a committed job to the workers (production passes ``service.dispatch.celery_dispatch``;
 tests pass a recorder). ``broker_check()`` raises when the broker is unreachable; /readyz reports it.
 """
 

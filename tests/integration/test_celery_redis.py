@@ -33,7 +33,7 @@ def deployment(tmp_path, redis_url, database_url):
             env=env, stdout=out, stderr=out,
         )
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+            [sys.executable, "-m", "celery", "-A", "worker.tasks", "worker", "--pool", "solo",
              "--loglevel", "warning"],
             env=env, stdout=out, stderr=out,
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recipe.pipeline import ARTIFACTS
 from tests.integration.conftest import (
     FAST_RECOVERY,
     PostgresServer,
@@ -26,7 +27,6 @@ from tests.integration.conftest import (
     wait_for,
     wait_healthy,
 )
-from worker.pipeline import ARTIFACTS
 
 
 class Deployment:
@@ -60,7 +60,7 @@ class Deployment:
             self.auth = create_key(self.env)
 
     def start_worker(self) -> subprocess.Popen:
-        return self._spawn("celery", "-A", "worker.celery_app", "worker", "--pool", "solo", "--loglevel", "warning")
+        return self._spawn("celery", "-A", "worker.tasks", "worker", "--pool", "solo", "--loglevel", "warning")
 
     def submit(self, request: dict) -> str:
         return submit(self.base, self.auth, request)

@@ -4,11 +4,11 @@ from datetime import timedelta
 
 import pytest
 
+from recipe.pipeline import JobOptions
 from service import jobs
 from service.errors import JobConflict, NotFound
 from service.models import JobOptionsRequest, utcnow
 from tests.service.conftest import digits_request
-from worker.pipeline import JobOptions
 
 
 def new_job(session, owner="alice", **kwargs):

@@ -10,10 +10,10 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import update
 
+from recipe.pipeline import JobError, JobInput, JobTooLarge, prepare
 from service.core.config import Settings
 from service.models import Job, utcnow
 from tests.service.conftest import DIGITS_REQUEST, TINY_SPEC, new_key, npz_bytes, tiny_dataset, weights_bytes
-from worker.pipeline import JobError, JobInput, JobTooLarge, prepare
 
 SPEC_REQUEST = {"model": {"spec": TINY_SPEC}}
 # lenet-300-100 on the 8x8 digits: 64*300+300 + 300*100+100 + 100*10+10.

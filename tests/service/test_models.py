@@ -2,8 +2,8 @@
 
 from dataclasses import fields
 
+from recipe.pipeline import JobOptions
 from service.models import JobOptionsRequest
-from worker.pipeline import JobOptions
 
 
 def test_api_options_are_the_pipelines_options():

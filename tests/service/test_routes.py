@@ -8,11 +8,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 
+from recipe.pipeline import JobOptions
 from service import jobs, workers
 from service.db import create_db_engine, ping
 from service.models import Job, utcnow
 from tests.service.conftest import DIGITS_REQUEST, TINY_SPEC, new_key, npz_bytes, tiny_dataset, weights_bytes
-from worker.pipeline import JobOptions
 
 MISSING_ID = "00000000-0000-4000-8000-000000000000"
 IMAGE_SPEC_WITHOUT_FLATTEN = {

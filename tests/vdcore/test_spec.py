@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from vdcore.presets import preset_spec
-from vdcore.spec import SpecError, build_model, plan_model
+from vdcore.spec import SpecError, build_model, plan_model, preset_spec
 
 
 @pytest.mark.parametrize(

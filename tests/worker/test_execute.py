@@ -7,14 +7,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session
 
+from recipe.pipeline import ARTIFACTS
+from recipe.plots import PLOTS
 from service import jobs
 from service.core.config import Settings
 from service.db import create_db_engine, create_sessionmaker, upgrade_database
 from service.models import Job, JobRequest, utcnow
 from service.storage import Storage
 from worker.execute import INTERNAL_ERROR, execute_job
-from worker.pipeline import ARTIFACTS
-from worker.plots import PLOTS
 
 FAST = {"epochs": 2, "pretrain_epochs": 1, "batch_size": 100, "device": "cpu"}
 
