@@ -18,7 +18,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 
 from recipe.pipeline import ARTIFACTS, JobError, JobInput, JobOptions, run
-from service.client import FINISHED, ApiError, Client
+from service.client import ApiError, Client
+from service.states import FINISHED, JobState
 from vdcore.presets import PRESETS
 
 # How long ``vdc serve`` lets its workers finish on shutdown before killing them; a job they were running is
@@ -139,7 +140,7 @@ def _watch(client: Client, job_id: str, interval: float = 1.0) -> int:
             if job["progress"]:
                 view(job["progress"])
             time.sleep(interval)
-    if job["state"] != "succeeded":
+    if job["state"] != JobState.SUCCEEDED:
         return _fail(f"job {job_id} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
     console.print(f"job {job_id} succeeded; get its files with: vdc download {job_id}")
     return 0

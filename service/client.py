@@ -12,7 +12,6 @@ import httpx
 
 from vdcore.files import atomic_path
 
-FINISHED = ("succeeded", "failed", "cancelled")
 BUSY_RETRIES = 5  # a read the server refused as busy (503 with Retry-After) is tried again this often
 LONGEST_RETRY_AFTER_S = 30.0
 

@@ -18,7 +18,7 @@ another process may have just changed the job.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import JobConflict, NotFound
-from service.models import FINISHED, STATES, Job, JobRequest, new_id, utcnow
+from service.models import Job, JobRequest, new_id, utcnow
+from service.states import ACTIVE, FINISHED, JobState
 
 # The pipeline's training stages in the order they run, each with the job option that counts its epochs.
 _STAGE_EPOCHS = {"pretraining": "pretrain_epochs", "training": "epochs", "finetuning": "finetune_epochs"}
@@ -118,11 +119,12 @@ def discard_job(*, session: Session, job_id: str) -> None:
 def count_by_state(*, session: Session) -> dict[str, int]:
     """Jobs per state over all owners, every state present (for metrics)."""
     counts = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
-    return {state: counts.get(state, 0) for state in STATES}
+    return {state.value: counts.get(state, 0) for state in JobState}
 
 
 def _transition(
-    session: Session, job_id: str, sources: set[str], target: str, attempt: int | None = None, **values: Any
+    session: Session, job_id: str, sources: Set[JobState], target: JobState, attempt: int | None = None,
+    **values: Any,
 ) -> Job:
     """Move the job to ``target`` if it is in one of ``sources`` (and, given ``attempt``, still in that
     attempt); ``JobConflict`` otherwise."""
@@ -154,16 +156,16 @@ def claim(
     instant may still pass it by one on PostgreSQL, where each sees the other's claim only once committed.
     """
     now = utcnow()
-    condition = [Job.id == job_id, Job.state == "queued"]
+    condition = [Job.id == job_id, Job.state == JobState.QUEUED]
     if max_running_per_owner is not None:
         owner = select(Job.owner).where(Job.id == job_id).scalar_subquery()
         running = (
-            select(func.count()).select_from(Job).where(Job.owner == owner, Job.state == "running")
+            select(func.count()).select_from(Job).where(Job.owner == owner, Job.state == JobState.RUNNING)
         ).scalar_subquery()
         condition.append(running < max_running_per_owner)
     result = session.execute(
         update(Job).where(*condition)
-        .values(state="running", updated_at=now, started_at=now, attempts=Job.attempts + 1,
+        .values(state=JobState.RUNNING, updated_at=now, started_at=now, attempts=Job.attempts + 1,
                 lease_expires_at=now + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False)
     )
@@ -177,7 +179,7 @@ def renew_lease(*, session: Session, job_id: str, attempt: int, lease_s: float) 
     """Extend the attempt's hold on the job; False if the job is no longer this attempt's to run."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == "running", Job.attempts == attempt)
+        .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False)
     )
@@ -187,22 +189,22 @@ def renew_lease(*, session: Session, job_id: str, attempt: int, lease_s: float) 
 
 def mark_succeeded(*, session: Session, job_id: str, attempt: int) -> Job:
     return _transition(
-        session, job_id, {"running"}, "succeeded", attempt, finished_at=utcnow(), error=None, lease_expires_at=None
+        session, job_id, {JobState.RUNNING}, JobState.SUCCEEDED, attempt, finished_at=utcnow(), error=None,
+        lease_expires_at=None,
     )
 
 
 def mark_failed(*, session: Session, job_id: str, message: str, attempt: int | None = None) -> Job:
     """Fail the job with ``message``, which the user reads: say what went wrong and what to change."""
     return _transition(
-        session, job_id, {"queued", "running"}, "failed", attempt, finished_at=utcnow(), error=message,
-        lease_expires_at=None,
+        session, job_id, ACTIVE, JobState.FAILED, attempt, finished_at=utcnow(), error=message, lease_expires_at=None
     )
 
 
 def mark_cancelled(*, session: Session, job_id: str, attempt: int | None = None) -> Job:
     """A worker stopped the job because a cancel was requested."""
     return _transition(
-        session, job_id, {"queued", "running"}, "cancelled", attempt, finished_at=utcnow(), lease_expires_at=None
+        session, job_id, ACTIVE, JobState.CANCELLED, attempt, finished_at=utcnow(), lease_expires_at=None
     )
 
 
@@ -212,14 +214,15 @@ def requeue_orphans(*, session: Session, now: datetime) -> list[str]:
 
     Each is moved by its own conditional update, so of two reconcilers only one requeues a job.
     """
-    expired = session.scalars(select(Job.id).where(Job.state == "running", Job.lease_expires_at < now)).all()
+    expired = session.scalars(select(Job.id).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now)).all()
     requeued = []
     for job_id in expired:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "running", Job.lease_expires_at < now)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_expires_at < now)
             .values(
-                state="queued", lease_expires_at=None, updated_at=now, dispatched_at=now, dispatches=Job.dispatches + 1,
+                state=JobState.QUEUED, lease_expires_at=None, updated_at=now, dispatched_at=now,
+                dispatches=Job.dispatches + 1,
                 progress={"stage": "requeued", "reason": "its worker stopped responding; it resumes from its "
                           "last saved epoch"},
             )
@@ -238,7 +241,9 @@ def redispatch_due(*, session: Session, now: datetime, after_s: float, cap_s: fl
     dispatch: a lost message is replaced soon, while a job that merely waits behind others is not flooded
     with duplicates (which would be harmless: a duplicate finds the job taken and does nothing).
     """
-    queued = session.execute(select(Job.id, Job.dispatched_at, Job.dispatches).where(Job.state == "queued")).all()
+    queued = session.execute(
+        select(Job.id, Job.dispatched_at, Job.dispatches).where(Job.state == JobState.QUEUED)
+    ).all()
     due = []
     for job_id, dispatched_at, dispatches in queued:
         wait = min(after_s * 2 ** max(dispatches - 1, 0), cap_s)
@@ -246,7 +251,7 @@ def redispatch_due(*, session: Session, now: datetime, after_s: float, cap_s: fl
             continue
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == "queued", Job.dispatches == dispatches)
+            .where(Job.id == job_id, Job.state == JobState.QUEUED, Job.dispatches == dispatches)
             .values(dispatched_at=now, dispatches=dispatches + 1)
             .execution_options(synchronize_session=False)
         )
@@ -263,11 +268,13 @@ def request_cancel(*, session: Session, owner: str, job_id: str) -> Job | None:
     if job is None:
         return None
     try:
-        return _transition(session, job_id, {"queued"}, "cancelled", finished_at=utcnow(), cancel_requested=True)
+        return _transition(
+            session, job_id, {JobState.QUEUED}, JobState.CANCELLED, finished_at=utcnow(), cancel_requested=True
+        )
     except JobConflict:
         pass
     try:
-        return _transition(session, job_id, {"running"}, "running", cancel_requested=True)
+        return _transition(session, job_id, {JobState.RUNNING}, JobState.RUNNING, cancel_requested=True)
     except JobConflict:
         raise JobConflict(f"job {job_id} has finished ({job.state}); there is nothing to cancel") from None
 
@@ -296,7 +303,7 @@ def record_progress(*, session: Session, job_id: str, event: Mapping[str, Any], 
         later = stages[stages.index(event["stage"]) + 1 :] if event["stage"] in _STAGE_EPOCHS else []
         remaining += sum(job.request["options"].get(_STAGE_EPOCHS[stage], 0) for stage in later)
         progress["eta_seconds"] = event["seconds"] * remaining
-    condition = [Job.id == job_id, Job.state == "running"]
+    condition = [Job.id == job_id, Job.state == JobState.RUNNING]
     if attempt is not None:
         condition.append(Job.attempts == attempt)
     result = session.execute(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import (
@@ -29,10 +29,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from recipe.pipeline import JobInput, JobOptions
+from service.states import JobState
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-STATES: tuple[str, ...] = get_args(JobState)
-FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+# The column's check constraint, as the migrations wrote it.
+STATES: tuple[str, ...] = tuple(state.value for state in JobState)
 
 
 def utcnow() -> datetime:
@@ -98,7 +98,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(200))
-    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     uploads: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))

@@ -23,9 +23,8 @@ from sqlalchemy.orm import Session
 from service.core.config import Settings
 from service.errors import QuotaExceeded, TooLarge
 from service.models import Job
+from service.states import ACTIVE
 from service.storage import Storage
-
-ACTIVE = ("queued", "running")
 
 
 def active_jobs(*, session: Session, owner: str) -> int:

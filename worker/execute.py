@@ -16,6 +16,7 @@ from service import jobs
 from service.core.config import Settings
 from service.errors import JobConflict
 from service.models import Job, JobRequest
+from service.states import JobState
 from service.storage import Storage
 from worker.lease import LeaseKeeper
 
@@ -53,7 +54,7 @@ def execute_job(job_id: str, *, sessions: sessionmaker[Session], storage: Storag
             current = session.get(Job, job_id)
             if current is None:
                 return "missing"
-            return "deferred" if current.state == "queued" else current.state  # the owner's running limit
+            return "deferred" if current.state == JobState.QUEUED else current.state  # the owner's running limit
         attempt = job.attempts
         if job.cancel_requested:
             return _conclude(session, storage, job_id, lambda: jobs.mark_cancelled(

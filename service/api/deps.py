@@ -22,6 +22,7 @@ from service.core.config import Settings
 from service.errors import JobConflict, NotFound, Unauthorized
 from service.keys import authenticate
 from service.models import Job
+from service.states import JobState
 from service.storage import Storage
 from service.submission import Dispatch
 
@@ -113,7 +114,7 @@ OwnedJob = Annotated[Job, Depends(_owned_job)]
 
 
 async def _succeeded_job(job: OwnedJob) -> Job:
-    if job.state != "succeeded":
+    if job.state != JobState.SUCCEEDED:
         raise JobConflict(f"job {job.id} is {job.state}; its artifacts are available once it has succeeded")
     return job
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from service.states import FINISHED
 from tests.integration.conftest import (
     FAST_RECOVERY,
     free_port,
@@ -36,7 +37,6 @@ from tests.integration.jobcheck import submit_and_check
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "vdc-compose-test"
 BUILD_TIMEOUT_S = 1800  # a cold build downloads every dependency; a warm one takes seconds
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def compose_command() -> list[str]:

@@ -9,7 +9,7 @@ import signal
 import httpx
 import pytest
 
-from service.client import FINISHED
+from service.states import FINISHED
 from tests.integration.conftest import FAST_RECOVERY, Serve, job_request, training_past, wait_for
 
 

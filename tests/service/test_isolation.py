@@ -17,11 +17,12 @@ from sqlalchemy.engine import make_url
 
 from service.keys import DISPLAY_CHARS
 from service.models import ApiKey, Job, utcnow
+from service.states import JobState
 from service.storage import ARTIFACT_NAMES
 from tests.service.conftest import DIGITS_REQUEST, TINY_SPEC, new_key, tiny_dataset, weights_bytes
 
 MISSING_ID = "00000000-0000-4000-8000-000000000000"
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATES = tuple(JobState)
 ARTIFACTS = {name: f"{name} of alice's job".encode() for name in ARTIFACT_NAMES}
 
 
