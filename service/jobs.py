@@ -1,12 +1,12 @@
 """The job store: plain functions over a session, no HTTP, used by the API and by the workers.
 
-States move forward, except for a job whose worker died::
+States move as ``service.states.ENTERED_FROM`` allows: forward, except for a job whose worker died::
 
     queued -> running -> succeeded | failed | cancelled
     queued -> cancelled | failed
     running -> queued             (its lease ran out: the worker is presumed dead; the reconciler requeues it)
 
-Each transition is one conditional ``UPDATE ... WHERE state IN (...)``, so an API cancelling and a worker
+Each write is one conditional ``UPDATE ... WHERE state IN (...)`` (``_update_where``), so an API cancelling and a worker
 starting the same job at the same moment cannot both win. A worker claims a queued job for one attempt (the
 ``attempts`` count it set) and holds it by renewing a lease; every write it makes afterwards is conditional
 on still holding that attempt, so a worker that lost its job (presumed dead, but only slow) cannot overwrite
@@ -18,7 +18,7 @@ another process may have just changed the job.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Set
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import JobConflict, NotFound
 from service.models import Job, JobRequest, new_id, utcnow
-from service.states import ACTIVE, FINISHED, JobState
+from service.states import ENTERED_FROM, FINISHED, JobState
 
 # The pipeline's training stages in the order they run, each with the job option that counts its epochs.
 _STAGE_EPOCHS = {"pretraining": "pretrain_epochs", "training": "epochs", "finetuning": "finetune_epochs"}
@@ -122,24 +122,35 @@ def count_by_state(*, session: Session) -> dict[str, int]:
     return {state.value: counts.get(state, 0) for state in JobState}
 
 
-def _transition(
-    session: Session, job_id: str, sources: Set[JobState], target: JobState, attempt: int | None = None,
-    **values: Any,
-) -> Job:
-    """Move the job to ``target`` if it is in one of ``sources`` (and, given ``attempt``, still in that
-    attempt); ``JobConflict`` otherwise."""
-    condition = [Job.id == job_id, Job.state.in_(sources)]
-    if attempt is not None:
-        condition.append(Job.attempts == attempt)
+def _update_where(session: Session, *condition: Any, **values: Any) -> bool:
+    """Set ``values`` on the jobs that meet ``condition``, committed; whether any did (False: another process
+    moved the job first)."""
     result = session.execute(
-        update(Job).where(*condition).values(state=target, updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
+        update(Job).where(*condition).values(**values).execution_options(synchronize_session=False)
     )
     session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _this_attempt(job_id: str, state: JobState, attempt: int | None) -> list[Any]:
+    """The job in ``state``, and given ``attempt``, still that attempt's: a condition for ``_update_where``."""
+    condition = [Job.id == job_id, Job.state == state]
+    if attempt is not None:
+        condition.append(Job.attempts == attempt)
+    return condition
+
+
+def _transition(session: Session, job_id: str, target: JobState, attempt: int | None = None, **values: Any) -> Job:
+    """Move the job to ``target`` if ``ENTERED_FROM`` allows it from the job's state (and, given ``attempt``, the
+    job is still in that attempt); ``JobConflict`` otherwise."""
+    condition = [Job.id == job_id, Job.state.in_(ENTERED_FROM[target])]
+    if attempt is not None:
+        condition.append(Job.attempts == attempt)
+    moved = _update_where(session, *condition, state=target, updated_at=utcnow(), **values)
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise NotFound(f"no job {job_id}")
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+    if not moved:
         raise JobConflict(f"job {job_id} is {job.state} and cannot become {target}")
     return job
 
@@ -163,49 +174,29 @@ def claim(
             select(func.count()).select_from(Job).where(Job.owner == owner, Job.state == JobState.RUNNING)
         ).scalar_subquery()
         condition.append(running < max_running_per_owner)
-    result = session.execute(
-        update(Job).where(*condition)
-        .values(state=JobState.RUNNING, updated_at=now, started_at=now, attempts=Job.attempts + 1,
-                lease_expires_at=now + timedelta(seconds=lease_s))
-        .execution_options(synchronize_session=False)
+    claimed = _update_where(
+        session, *condition, state=JobState.RUNNING, updated_at=now, started_at=now, attempts=Job.attempts + 1,
+        lease_expires_at=now + timedelta(seconds=lease_s),
     )
-    session.commit()
-    if not result.rowcount:  # type: ignore[attr-defined]
+    if not claimed:
         return None
     return session.get(Job, job_id, populate_existing=True)
 
 
 def renew_lease(*, session: Session, job_id: str, attempt: int, lease_s: float) -> bool:
     """Extend the attempt's hold on the job; False if the job is no longer this attempt's to run."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    expires = utcnow() + timedelta(seconds=lease_s)
+    return _update_where(session, *_this_attempt(job_id, JobState.RUNNING, attempt), lease_expires_at=expires)
 
 
-def mark_succeeded(*, session: Session, job_id: str, attempt: int) -> Job:
-    return _transition(
-        session, job_id, {JobState.RUNNING}, JobState.SUCCEEDED, attempt, finished_at=utcnow(), error=None,
-        lease_expires_at=None,
-    )
-
-
-def mark_failed(*, session: Session, job_id: str, message: str, attempt: int | None = None) -> Job:
-    """Fail the job with ``message``, which the user reads: say what went wrong and what to change."""
-    return _transition(
-        session, job_id, ACTIVE, JobState.FAILED, attempt, finished_at=utcnow(), error=message, lease_expires_at=None
-    )
-
-
-def mark_cancelled(*, session: Session, job_id: str, attempt: int | None = None) -> Job:
-    """A worker stopped the job because a cancel was requested."""
-    return _transition(
-        session, job_id, ACTIVE, JobState.CANCELLED, attempt, finished_at=utcnow(), lease_expires_at=None
-    )
+def finish(
+    *, session: Session, job_id: str, state: JobState, attempt: int | None = None, error: str | None = None
+) -> Job:
+    """Move the job (given ``attempt``, only if still that attempt's) to a finished ``state``. A failed job's
+    ``error`` is what the user reads: say what went wrong and what to change."""
+    if state not in FINISHED:
+        raise ValueError(f"{state} is not a finished state")
+    return _transition(session, job_id, state, attempt, finished_at=utcnow(), error=error, lease_expires_at=None)
 
 
 def requeue_orphans(*, session: Session, now: datetime) -> list[str]:
@@ -217,19 +208,13 @@ def requeue_orphans(*, session: Session, now: datetime) -> list[str]:
     expired = session.scalars(select(Job.id).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now)).all()
     requeued = []
     for job_id in expired:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_expires_at < now)
-            .values(
-                state=JobState.QUEUED, lease_expires_at=None, updated_at=now, dispatched_at=now,
-                dispatches=Job.dispatches + 1,
-                progress={"stage": "requeued", "reason": "its worker stopped responding; it resumes from its "
-                          "last saved epoch"},
-            )
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
-        if result.rowcount:  # type: ignore[attr-defined]
+        if _update_where(
+            session, Job.id == job_id, Job.state.in_(ENTERED_FROM[JobState.QUEUED]), Job.lease_expires_at < now,
+            state=JobState.QUEUED, lease_expires_at=None, updated_at=now, dispatched_at=now,
+            dispatches=Job.dispatches + 1,
+            progress={"stage": "requeued", "reason": "its worker stopped responding; it resumes from its last saved "
+                      "epoch"},
+        ):
             requeued.append(job_id)
     return requeued
 
@@ -249,14 +234,10 @@ def redispatch_due(*, session: Session, now: datetime, after_s: float, cap_s: fl
         wait = min(after_s * 2 ** max(dispatches - 1, 0), cap_s)
         if dispatched_at.replace(tzinfo=dispatched_at.tzinfo or now.tzinfo) + timedelta(seconds=wait) > now:
             continue
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.QUEUED, Job.dispatches == dispatches)
-            .values(dispatched_at=now, dispatches=dispatches + 1)
-            .execution_options(synchronize_session=False)
-        )
-        session.commit()
-        if result.rowcount:  # type: ignore[attr-defined]
+        if _update_where(
+            session, Job.id == job_id, Job.state == JobState.QUEUED, Job.dispatches == dispatches,
+            dispatched_at=now, dispatches=dispatches + 1,
+        ):
             due.append(job_id)
     return due
 
@@ -267,16 +248,15 @@ def request_cancel(*, session: Session, owner: str, job_id: str) -> Job | None:
     job = get_job(session=session, owner=owner, job_id=job_id)
     if job is None:
         return None
-    try:
-        return _transition(
-            session, job_id, {JobState.QUEUED}, JobState.CANCELLED, finished_at=utcnow(), cancel_requested=True
-        )
-    except JobConflict:
-        pass
-    try:
-        return _transition(session, job_id, {JobState.RUNNING}, JobState.RUNNING, cancel_requested=True)
-    except JobConflict:
-        raise JobConflict(f"job {job_id} has finished ({job.state}); there is nothing to cancel") from None
+    now = utcnow()
+    if not _update_where(  # a queued job never ran: it is cancelled at once
+        session, Job.id == job_id, Job.state == JobState.QUEUED,
+        state=JobState.CANCELLED, finished_at=now, cancel_requested=True, updated_at=now,
+    ) and not _update_where(
+        session, Job.id == job_id, Job.state == JobState.RUNNING, cancel_requested=True, updated_at=now
+    ):
+        raise JobConflict(f"job {job_id} has finished ({job.state}); there is nothing to cancel")
+    return session.get(Job, job_id, populate_existing=True)
 
 
 def is_cancel_requested(*, session: Session, job_id: str) -> bool:
@@ -303,15 +283,10 @@ def record_progress(*, session: Session, job_id: str, event: Mapping[str, Any], 
         later = stages[stages.index(event["stage"]) + 1 :] if event["stage"] in _STAGE_EPOCHS else []
         remaining += sum(job.request["options"].get(_STAGE_EPOCHS[stage], 0) for stage in later)
         progress["eta_seconds"] = event["seconds"] * remaining
-    condition = [Job.id == job_id, Job.state == JobState.RUNNING]
-    if attempt is not None:
-        condition.append(Job.attempts == attempt)
-    result = session.execute(
-        update(Job).where(*condition).values(progress=progress, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
+    recorded = _update_where(
+        session, *_this_attempt(job_id, JobState.RUNNING, attempt), progress=progress, updated_at=utcnow()
     )
-    session.commit()
-    return result.rowcount == 0 or is_cancel_requested(session=session, job_id=job_id)  # type: ignore[attr-defined]
+    return not recorded or is_cancel_requested(session=session, job_id=job_id)
 
 
 def _clean(values: dict[str, Any]) -> dict[str, Any]:

@@ -19,3 +19,13 @@ class JobState(StrEnum):
 
 ACTIVE = frozenset({JobState.QUEUED, JobState.RUNNING})  # counted against an owner's allowance
 FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})  # never change again
+
+# The states the job store may move a job into each state from; any other move is a conflict. A queued job
+# cancelled or failed never ran; a running job goes back to queued when its worker is presumed dead.
+ENTERED_FROM: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING}),
+    JobState.RUNNING: frozenset({JobState.QUEUED}),
+    JobState.SUCCEEDED: frozenset({JobState.RUNNING}),
+    JobState.FAILED: ACTIVE,
+    JobState.CANCELLED: ACTIVE,
+}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,20 +25,22 @@ logger = logging.getLogger(__name__)
 INTERNAL_ERROR = "the job failed because of an error on our side; it has been logged. Please try again later"
 
 
-def _conclude(session: Session, storage: Storage, job_id: str, move: Callable[[], Job]) -> str:
-    """Make the final transition and release the job's working files; ``lost`` if the job was taken over."""
-    try:
-        state = move().state
-    except JobConflict:
-        logger.warning("job %s was taken over by another attempt; leaving it to that one", job_id)
-        return "lost"
-    storage.release_job_files(job_id)
-    return state
+class Outcome(StrEnum):
+    """What one delivery of a job did: it ran to a finished state, found the job running elsewhere or already
+    finished (a duplicate delivery), lost it to another attempt, was deferred by the owner's running limit (the
+    task sends it again later), or found no such job."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RUNNING = "running"
+    LOST = "lost"
+    DEFERRED = "deferred"
+    MISSING = "missing"
 
 
-def execute_job(job_id: str, *, sessions: sessionmaker[Session], storage: Storage, settings: Settings) -> str:
-    """Run the job if it is queued, and return its state afterwards (``lost`` if it was taken over,
-    ``deferred`` if its owner already runs ``settings.max_running_jobs_per_owner`` jobs: send it again later).
+def execute_job(job_id: str, *, sessions: sessionmaker[Session], storage: Storage, settings: Settings) -> Outcome:
+    """Run the job if it is queued, and say what this delivery did.
 
     A delivery that finds the job taken (a duplicate message) or finished does nothing. A job whose worker
     died is requeued by the reconciler and resumes here from its last epoch checkpoint, up to
@@ -53,19 +55,28 @@ def execute_job(job_id: str, *, sessions: sessionmaker[Session], storage: Storag
         if job is None:
             current = session.get(Job, job_id)
             if current is None:
-                return "missing"
-            return "deferred" if current.state == JobState.QUEUED else current.state  # the owner's running limit
+                return Outcome.MISSING
+            return Outcome.DEFERRED if current.state == JobState.QUEUED else Outcome(current.state)
         attempt = job.attempts
+
+        def end(state: JobState, error: str | None = None) -> Outcome:
+            """This attempt's final transition, which releases the job's working files; ``LOST`` if another
+            attempt has taken the job over."""
+            try:
+                jobs.finish(session=session, job_id=job_id, state=state, attempt=attempt, error=error)
+            except JobConflict:
+                logger.warning("job %s was taken over by another attempt; leaving it to that one", job_id)
+                return Outcome.LOST
+            storage.release_job_files(job_id)
+            return Outcome(state)
+
         if job.cancel_requested:
-            return _conclude(session, storage, job_id, lambda: jobs.mark_cancelled(
-                session=session, job_id=job_id, attempt=attempt))
+            return end(JobState.CANCELLED)
         if attempt > settings.max_attempts:
-            message = (
+            return end(JobState.FAILED, (
                 f"the job was interrupted {settings.max_attempts} times (a worker stopped while running it); "
                 "giving up"
-            )
-            return _conclude(session, storage, job_id, lambda: jobs.mark_failed(
-                session=session, job_id=job_id, message=message, attempt=attempt))
+            ))
         logger.info("job %s: attempt %d started", job_id, attempt)
         request = JobRequest.model_validate(job.request)
         job_input = request.to_job_input(**storage.upload_paths(job_id))
@@ -93,20 +104,13 @@ def execute_job(job_id: str, *, sessions: sessionmaker[Session], storage: Storag
                 run(job_input, storage.partial_artifact_dir(job_id, attempt), on_progress,
                     storage.job_checkpoint_dir(job_id))
             except Cancelled:
-                if lease.lost:
-                    return "lost"
-                return _conclude(session, storage, job_id, lambda: jobs.mark_cancelled(
-                    session=session, job_id=job_id, attempt=attempt))
+                return Outcome.LOST if lease.lost else end(JobState.CANCELLED)
             except JobError as error:
-                message = str(error)
-                return _conclude(session, storage, job_id, lambda: jobs.mark_failed(
-                    session=session, job_id=job_id, message=message, attempt=attempt))
+                return end(JobState.FAILED, str(error))
             except Exception:
                 logger.exception("job %s failed", job_id)
-                return _conclude(session, storage, job_id, lambda: jobs.mark_failed(
-                    session=session, job_id=job_id, message=INTERNAL_ERROR, attempt=attempt))
+                return end(JobState.FAILED, INTERNAL_ERROR)
             if not lease.renew():
-                return "lost"
+                return Outcome.LOST
             storage.publish_artifacts(job_id, attempt)
-            return _conclude(session, storage, job_id, lambda: jobs.mark_succeeded(
-                session=session, job_id=job_id, attempt=attempt))
+            return end(JobState.SUCCEEDED)

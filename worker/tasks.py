@@ -19,7 +19,7 @@ from service.core.config import get_settings
 from service.db import create_db_engine, create_sessionmaker, upgrade_database
 from service.queue import COMPRESS_JOB, celery_app
 from service.storage import Storage
-from worker.execute import execute_job
+from worker.execute import Outcome, execute_job
 from worker.presence import Presence
 
 logger = logging.getLogger(__name__)
@@ -54,13 +54,13 @@ def _sign_off(**_: Any) -> None:
 
 # A database that is down for a moment must not fail the job: retry with backoff, then let redelivery decide.
 @app.task(name=COMPRESS_JOB, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
-def compress_job(job_id: str) -> str:
+def compress_job(job_id: str) -> Outcome:
     # Workers share the machine's cores; torch would otherwise start one thread per core in each of them.
     torch.set_num_threads(settings.torch_threads)
     storage = Storage.from_settings(settings)
     storage.create_dirs()
     outcome = execute_job(job_id, sessions=_sessions(), storage=storage, settings=settings)
     logger.info("job %s: %s", job_id, outcome)
-    if outcome == "deferred":  # its owner's other jobs hold all the owner's running slots: ask again later
+    if outcome == Outcome.DEFERRED:  # its owner's other jobs hold all the owner's running slots: ask again later
         compress_job.apply_async((job_id,), countdown=settings.defer_s)
     return outcome

@@ -8,6 +8,7 @@ from recipe.pipeline import JobOptions
 from service import jobs
 from service.errors import JobConflict, NotFound
 from service.models import JobOptionsRequest, utcnow
+from service.states import FINISHED, JobState
 from tests.service.conftest import digits_request
 
 
@@ -80,7 +81,7 @@ def test_a_job_runs_then_succeeds(session):
     job = new_job(session)
     running = jobs.claim(session=session, job_id=job.id, lease_s=60)
     assert running.state == "running" and running.attempts == 1 and running.started_at is not None
-    done = jobs.mark_succeeded(session=session, job_id=job.id, attempt=1)
+    done = jobs.finish(session=session, job_id=job.id, state=JobState.SUCCEEDED, attempt=1)
     assert done.state == "succeeded" and done.finished_at >= done.started_at
 
 
@@ -110,9 +111,9 @@ def test_a_worker_that_lost_its_job_can_no_longer_write_it(session):
     assert not jobs.renew_lease(session=session, job_id=job.id, attempt=1, lease_s=60)
     assert jobs.record_progress(session=session, job_id=job.id, event={"stage": "training"}, attempt=1)
     with pytest.raises(JobConflict):
-        jobs.mark_succeeded(session=session, job_id=job.id, attempt=1)
+        jobs.finish(session=session, job_id=job.id, state=JobState.SUCCEEDED, attempt=1)
     assert jobs.renew_lease(session=session, job_id=job.id, attempt=2, lease_s=60)
-    assert jobs.mark_succeeded(session=session, job_id=job.id, attempt=2).state == "succeeded"
+    assert jobs.finish(session=session, job_id=job.id, state=JobState.SUCCEEDED, attempt=2).state == "succeeded"
 
 
 def test_queued_jobs_are_dispatched_again_with_a_growing_wait(session):
@@ -128,42 +129,44 @@ def test_queued_jobs_are_dispatched_again_with_a_growing_wait(session):
     assert jobs.redispatch_due(session=session, now=second + timedelta(days=1), after_s=10) == []
 
 
-@pytest.mark.parametrize("finish", ["succeeded", "failed", "cancelled"])
+@pytest.mark.parametrize("finish", sorted(FINISHED))
 def test_a_finished_job_never_moves_again(session, finish):
     job = new_job(session)
     jobs.claim(session=session, job_id=job.id, lease_s=60)
-    if finish == "succeeded":
-        jobs.mark_succeeded(session=session, job_id=job.id, attempt=1)
-    elif finish == "failed":
-        jobs.mark_failed(session=session, job_id=job.id, message="boom")
-    else:
-        jobs.mark_cancelled(session=session, job_id=job.id)
+    jobs.finish(session=session, job_id=job.id, state=finish, attempt=1)
     assert jobs.claim(session=session, job_id=job.id, lease_s=60) is None
-    for move in (jobs.mark_succeeded, jobs.mark_cancelled):
+    for state in FINISHED:
         with pytest.raises(JobConflict, match=f"is {finish} and cannot become"):
-            move(session=session, job_id=job.id, attempt=1)
-    with pytest.raises(JobConflict):
-        jobs.mark_failed(session=session, job_id=job.id, message="again")
+            jobs.finish(session=session, job_id=job.id, state=state, attempt=1)
+        with pytest.raises(JobConflict):
+            jobs.finish(session=session, job_id=job.id, state=state, error="again")
     assert jobs.get_job(session=session, owner="alice", job_id=job.id).state == finish
+
+
+def test_only_finished_states_finish_a_job(session):
+    job = new_job(session)
+    with pytest.raises(ValueError, match="not a finished state"):
+        jobs.finish(session=session, job_id=job.id, state=JobState.RUNNING)
 
 
 def test_a_queued_job_cannot_succeed_without_running(session):
     job = new_job(session)
     with pytest.raises(JobConflict, match="is queued and cannot become succeeded"):
-        jobs.mark_succeeded(session=session, job_id=job.id, attempt=1)
+        jobs.finish(session=session, job_id=job.id, state=JobState.SUCCEEDED, attempt=1)
 
 
 def test_failure_keeps_the_message_for_the_user(session):
     job = new_job(session)
     jobs.claim(session=session, job_id=job.id, lease_s=60)
-    failed = jobs.mark_failed(session=session, job_id=job.id, message="the weights hold NaN; export them again")
-    assert failed.state == "failed" and failed.error == "the weights hold NaN; export them again"
+    message = "the weights hold NaN; export them again"
+    failed = jobs.finish(session=session, job_id=job.id, state=JobState.FAILED, error=message)
+    assert failed.state == "failed" and failed.error == message
 
 
 def test_transitions_of_a_missing_job(session):
     assert jobs.claim(session=session, job_id="00000000-0000-4000-8000-000000000000", lease_s=60) is None
     with pytest.raises(NotFound):
-        jobs.mark_failed(session=session, job_id="00000000-0000-4000-8000-000000000000", message="gone")
+        jobs.finish(session=session, job_id="00000000-0000-4000-8000-000000000000", state=JobState.FAILED, error="gone")
 
 
 def test_cancelling_a_queued_job_is_immediate(session):
@@ -181,13 +184,13 @@ def test_cancelling_a_running_job_asks_its_worker_to_stop(session):
     assert flagged.state == "running" and flagged.cancel_requested
     assert jobs.is_cancel_requested(session=session, job_id=job.id)
     assert jobs.record_progress(session=session, job_id=job.id, event={"stage": "training"}) is True
-    assert jobs.mark_cancelled(session=session, job_id=job.id).state == "cancelled"
+    assert jobs.finish(session=session, job_id=job.id, state=JobState.CANCELLED).state == "cancelled"
 
 
 def test_cancelling_a_finished_job_conflicts(session):
     job = new_job(session)
     jobs.claim(session=session, job_id=job.id, lease_s=60)
-    jobs.mark_succeeded(session=session, job_id=job.id, attempt=1)
+    jobs.finish(session=session, job_id=job.id, state=JobState.SUCCEEDED, attempt=1)
     with pytest.raises(JobConflict, match=r"has finished \(succeeded\); there is nothing to cancel"):
         jobs.request_cancel(session=session, owner="alice", job_id=job.id)
 

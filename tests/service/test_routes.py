@@ -12,6 +12,7 @@ from recipe.pipeline import JobOptions
 from service import jobs, workers
 from service.db import create_db_engine, ping
 from service.models import Job, utcnow
+from service.states import JobState
 from tests.service.conftest import DIGITS_REQUEST, TINY_SPEC, new_key, npz_bytes, tiny_dataset, weights_bytes
 
 MISSING_ID = "00000000-0000-4000-8000-000000000000"
@@ -319,7 +320,7 @@ def test_progress_and_failure_are_shown(client, alice, app_session):
     assert job["state"] == "running" and job["started_at"] is not None
     assert job["progress"]["epoch"] == 1 and job["progress"]["eta_seconds"] == 1.5 * (1 + JobOptions().finetune_epochs)
     assert "lr" not in job["progress"] and "seconds" not in job["progress"]
-    jobs.mark_failed(session=app_session, job_id=job_id, message="training diverged; lower lr")
+    jobs.finish(session=app_session, job_id=job_id, state=JobState.FAILED, error="training diverged; lower lr")
     job = client.get(f"/v1/jobs/{job_id}", headers=alice).json()
     assert job["state"] == "failed" and job["error"] == "training diverged; lower lr"
 
@@ -364,7 +365,7 @@ def finish(session, client, job_id, files=FILES):
         (folder / name).write_bytes(content)
     (folder / ".model.onnx.partial").write_bytes(b"half")
     (folder / "notes.txt").write_bytes(b"not an artifact")
-    jobs.mark_succeeded(session=session, job_id=job_id, attempt=1)
+    jobs.finish(session=session, job_id=job_id, state=JobState.SUCCEEDED, attempt=1)
 
 
 def test_artifacts_are_listed_and_downloaded(client, alice, app_session):

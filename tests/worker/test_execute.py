@@ -13,6 +13,7 @@ from service import jobs
 from service.core.config import Settings
 from service.db import create_db_engine, create_sessionmaker, upgrade_database
 from service.models import Job, JobRequest, utcnow
+from service.states import JobState
 from service.storage import Storage
 from worker.execute import INTERNAL_ERROR, execute_job
 
@@ -192,5 +193,5 @@ def test_an_owner_over_the_running_limit_waits_in_the_queue(world):
     assert run(waiting, sessions, storage, max_running_jobs_per_owner=1) == "deferred"
     assert load(sessions, waiting).state == "queued" and load(sessions, waiting).attempts == 0
     with sessions() as session:
-        jobs.mark_failed(session=session, job_id=running, message="stopped", attempt=1)
+        jobs.finish(session=session, job_id=running, state=JobState.FAILED, error="stopped", attempt=1)
     assert run(waiting, sessions, storage, max_running_jobs_per_owner=1) == "succeeded"
