@@ -7,7 +7,7 @@ Exports LeNet-5-Caffe (20-50-500-10) and, for every pair of first- and second-co
 network with those counts and ``--hidden`` units, all with random weights (at batch 100 a trained network of the
 same shape times alike; at batch 1, where a run is mostly fixed cost, within about 20%), and times them side by
 side in onnxruntime (one thread, ``vdcore.measure_latency``) at batch 1 and 100. It shows
-why structured jobs round filter counts (``unit_multiple``, ``vdcore.round_units``) and try zero-padded forms
+why structured jobs round filter counts (``unit_multiple``, ``vdcore.round_units_``) and try zero-padded forms
 (``vdcore.pad_channels``): onnxruntime's blocked convolutions want counts in multiples of the CPU's vector width.
 Appends a section to ``bench/RESULTS.md``.
 """

@@ -88,7 +88,7 @@ class JobOptions(_DictMixin):
     # With structured: each unit's KL counts its multiply-adds ** unit_kl_exponent times; higher keeps fewer units.
     unit_kl_exponent: float = 0.5
     # With structured: after pruning, a hidden convolution keeping a few filters more than a multiple of this drops
-    # its weakest down to the multiple (vdcore.round_units; fine-tuning then recovers), so onnxruntime runs it in
+    # its weakest down to the multiple (vdcore.round_units_; fine-tuning then recovers), so onnxruntime runs it in
     # its blocked layout: 8 (AVX2) made LeNet-5's first layer twice as fast as 11 filters. 1: keep what pruning kept.
     unit_multiple: int = 8
     # After pruning: epochs on the data term alone, lr falling to 0 (vdcore.finetune), holding every pruned weight
@@ -409,7 +409,7 @@ def run(
 
     pruned = vdcore.prune(model)
     if options.structured and options.unit_multiple > 1:
-        vdcore.round_units(pruned, example, options.unit_multiple)
+        vdcore.round_units_(pruned, example, options.unit_multiple)
     finetuning: list[dict[str, Any]] = []
     if options.finetune_epochs:
         _notify(on_progress, {"stage": "finetuning"})

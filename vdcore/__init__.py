@@ -8,6 +8,11 @@
     vdcore.finetune(pruned, (x, y), val=(xv, yv))  # optional: the data term alone, zeros held
     small = vdcore.shrink(pruned, x[:1])
     vdcore.export_onnx(small, "model.onnx", x[:1])
+
+SVD in names here means Sparse Variational Dropout (Molchanov et al. 2017), not singular value decomposition.
+The verbs: ``sparsify_`` swaps layers for Sparse VD ones; a layer's *mask* (``log alpha > threshold``) zeroes
+weights at evaluation; ``prune`` bakes the mask into a plain network; ``shrink`` cuts the units left dead;
+``round_units_`` and ``pad_channels`` arrange filter counts for onnxruntime. A trailing ``_`` means in place.
 """
 
 from vdcore.config import SVDConfig, TrainConfig
@@ -31,7 +36,7 @@ from vdcore.loss import elbo_loss, kl_divergence
 from vdcore.presets import PRESETS
 from vdcore.prune import prune
 from vdcore.report import LayerSparsity, SparsityReport, sparsity_report
-from vdcore.shrink import GatherInput, layer_widths, pad_channels, round_units, shrink
+from vdcore.shrink import GatherInput, layer_widths, pad_channels, round_units_, shrink
 from vdcore.sparsify import is_sparsified, sparsify_, svd_layers
 from vdcore.spec import SpecError, build_model, plan_model, preset_spec
 from vdcore.train import EpochMetrics, evaluate, kl_weight, learning_rate, train
@@ -111,7 +116,7 @@ __all__ = [
     "preset_spec",
     "prune",
     "resolve_device",
-    "round_units",
+    "round_units_",
     "save_weights",
     "shrink",
     "sparsify_",

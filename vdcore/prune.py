@@ -7,7 +7,7 @@ import copy
 from torch import nn
 
 from vdcore.layers import SVDLayer
-from vdcore.sparsify import replace_modules
+from vdcore.sparsify import replace_modules_
 
 
 def prune(model: nn.Module) -> nn.Module:
@@ -17,5 +17,5 @@ def prune(model: nn.Module) -> nn.Module:
     eval mode. ``model`` itself is not changed.
     """
     pruned = copy.deepcopy(model)
-    pruned = replace_modules(pruned, lambda m, _: m.to_dense() if isinstance(m, SVDLayer) else None)
+    pruned = replace_modules_(pruned, lambda m, _: m.to_dense() if isinstance(m, SVDLayer) else None)
     return pruned.eval()

@@ -414,7 +414,7 @@ def _bn_padded(bn: BatchNorm, count: int) -> BatchNorm:
 
 
 @torch.no_grad()
-def round_units(pruned: nn.Module, example_input: Tensor, multiple: int) -> list[int]:
+def round_units_(pruned: nn.Module, example_input: Tensor, multiple: int) -> list[int]:
     """Zero, in place, the weakest filters of each hidden convolution of a pruned plain network whose kept
     filters are a few more than a multiple of ``multiple``; returns the filters each convolution keeps.
 
@@ -430,7 +430,7 @@ def round_units(pruned: nn.Module, example_input: Tensor, multiple: int) -> list
     if multiple < 1:
         raise ValueError(f"multiple must be 1 or more, got {multiple}")
     if not isinstance(pruned, nn.Sequential) or is_sparsified(pruned):
-        raise ValueError("round_units needs a pruned plain nn.Sequential (vdcore.prune's result)")
+        raise ValueError("round_units_ needs a pruned plain nn.Sequential (vdcore.prune's result)")
     layers = _flat_layers(pruned)
     device = next(pruned.parameters()).device
     shapes = _input_shapes(layers, example_input[:1].to(device))

@@ -82,10 +82,10 @@ def sparsify_(model: nn.Module, config: SVDConfig | None = None, filter_fn: Filt
         layers = SVD_LAYER_FOR if module is output_layer else layer_for
         return layers[type(module)].from_dense(module, config)  # type: ignore[attr-defined]
 
-    return replace_modules(model, convert)
+    return replace_modules_(model, convert)
 
 
-def replace_modules(model: nn.Module, convert: Callable[[nn.Module, str], nn.Module | None]) -> nn.Module:
+def replace_modules_(model: nn.Module, convert: Callable[[nn.Module, str], nn.Module | None]) -> nn.Module:
     """Walk ``model`` and put ``convert(module, fqn)`` in each place where it returns a module."""
     root = convert(model, "")
     if root is not None:

@@ -8,7 +8,7 @@ from torch import nn
 
 from vdcore.export import export_onnx
 from vdcore.prune import prune
-from vdcore.shrink import GatherInput, layer_widths, pad_channels, round_units, shrink
+from vdcore.shrink import GatherInput, layer_widths, pad_channels, round_units_, shrink
 from vdcore.sparsify import is_sparsified, sparsify_
 
 BATCH = 7
@@ -316,7 +316,7 @@ def make_conv_stack(filters: int) -> nn.Sequential:
 def test_round_units_drops_the_weakest_filters_down_to_the_multiple() -> None:
     net = make_conv_stack(11)
     net[0].weight[4] = 0  # a dead filter does not count: 10 kept, 10 = 8 + 2 -> the 2 weakest go
-    assert round_units(net, torch.randn(1, 1, 8, 8), 8) == [8]
+    assert round_units_(net, torch.randn(1, 1, 8, 8), 8) == [8]
     alive = (net[0].weight.flatten(1) != 0).any(dim=1)
     assert int(alive.sum()) == 8
     assert not alive[:2].any() and alive[2:4].all()  # filters 0 and 1 (the smallest norms) went
@@ -330,13 +330,13 @@ def test_round_units_drops_the_weakest_filters_down_to_the_multiple() -> None:
 def test_round_units_leaves_counts_it_would_cut_by_half_or_more(filters, multiple, kept) -> None:
     net = make_conv_stack(filters)
     before = net[0].weight.clone()
-    assert round_units(net, torch.randn(1, 1, 8, 8), multiple) == [kept]
+    assert round_units_(net, torch.randn(1, 1, 8, 8), multiple) == [kept]
     assert torch.equal(net[0].weight, before)
 
 
 def test_round_units_refuses_a_network_still_in_training_form() -> None:
     net = sparsify_(make_cnn())
     with pytest.raises(ValueError, match="pruned plain"):
-        round_units(net, torch.randn(1, 3, 14, 14), 8)
+        round_units_(net, torch.randn(1, 3, 14, 14), 8)
     with pytest.raises(ValueError, match="multiple must be 1 or more"):
-        round_units(make_cnn(), torch.randn(1, 3, 14, 14), 0)
+        round_units_(make_cnn(), torch.randn(1, 3, 14, 14), 0)
