@@ -11,7 +11,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -45,6 +46,8 @@ LATENCY_BATCHES = (1, 100)
 # onnxruntime's blocked convolutions want multiples of the CPU's vector width, 8 floats (AVX2) or 16 (AVX-512).
 CHANNEL_MULTIPLES = (8, 16)
 ARTIFACTS = ("model.onnx", "baseline.onnx", "report.json", "weights.safetensors")
+# The stages that train, in the order they run: each has its history, resume point and time in the report.
+TRAINING_STAGES = ("pretraining", "training", "finetuning")
 
 
 class JobError(ValueError):
@@ -240,44 +243,6 @@ def _file_sizes(path: Path) -> dict[str, int]:
     return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9))}
 
 
-def _notify(on_progress: Progress | None, event: dict[str, Any]) -> None:
-    if on_progress is not None and on_progress(event):
-        raise Cancelled
-
-
-def _train_stage(
-    stage: str,
-    model: nn.Module,
-    data: Prepared,
-    config: TrainConfig,
-    on_progress: Progress | None,
-    checkpoint_dir: Path | None,
-    fit: Callable[..., list[vdcore.EpochMetrics]] = vdcore.train,
-) -> tuple[list[dict[str, Any]], int]:
-    """Train with ``fit`` (``vdcore.train`` or ``vdcore.finetune``) and report each epoch as a progress event; a
-    truthy answer from ``on_progress`` cancels.
-
-    Returns the history and the epoch the stage resumed after (0 for a fresh start): with ``checkpoint_dir``
-    each epoch is saved there, and a rerun of the job continues from the last one.
-    """
-    new_epochs = 0
-    cancelled = False
-
-    def on_epoch(metrics: vdcore.EpochMetrics) -> bool:
-        nonlocal cancelled, new_epochs
-        new_epochs += 1
-        cancelled = bool(on_progress and on_progress({"stage": stage, **metrics.to_dict()}))
-        return cancelled
-
-    checkpoint = checkpoint_dir / f"{stage}.ckpt" if checkpoint_dir is not None else None
-    history = fit(
-        model, data.dataset.train, data.dataset.val, config, on_epoch=on_epoch, checkpoint=checkpoint
-    )
-    if cancelled:
-        raise Cancelled
-    return [metrics.to_dict() for metrics in history], len(history) - new_epochs
-
-
 def _start_from_scratch(model: nn.Module) -> None:
     """Give untrained weights the published from-scratch start: every variance at ``init_log_sigma2``.
 
@@ -367,69 +332,102 @@ def run(
     ``checkpoint_dir``, training saves every epoch there and a rerun of the same job resumes from the last
     one (the report's ``resumed_after_epoch`` says where).
     """
-    started = time.perf_counter()
+    stages = _Stages(on_progress, None if checkpoint_dir is None else Path(checkpoint_dir))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if checkpoints is not None:
-        checkpoints.mkdir(parents=True, exist_ok=True)
-    resumed = {"pretraining": 0, "training": 0, "finetuning": 0}
-    options = job.options
-    data = prepare(job)
+    options, data = job.options, prepare(job)
     device = vdcore.resolve_device(options.device)
     torch.manual_seed(options.seed)
     model = data.plan.build()
     evaluation = data.dataset.val or data.dataset.train
     example = data.dataset.x[:1]
-    timings: dict[str, float] = {}
 
-    pretrain: list[dict[str, Any]] = []
     if job.weights is not None:
         load_weights(model, job.weights)
     elif options.pretrain_epochs:
-        _notify(on_progress, {"stage": "pretraining"})
-        mark = time.perf_counter()
-        pretrain, resumed["pretraining"] = _train_stage(
-            "pretraining", model, data, options.train_config(options.pretrain_epochs), on_progress, checkpoints
-        )
-        timings["pretraining_s"] = time.perf_counter() - mark
+        with stages.stage("pretraining"):
+            stages.fit(model, data, options.train_config(options.pretrain_epochs))
     model.to(device).eval()
     accuracy_before = vdcore.evaluate(model, evaluation)
     baseline = vdcore.export_onnx(model, out / "baseline.onnx", example)
 
-    _notify(on_progress, {"stage": "training"})
-    mark = time.perf_counter()
-    vdcore.sparsify_(model, options.svd_config())
-    if job.weights is None and not options.pretrain_epochs:
-        _start_from_scratch(model)
-    history, resumed["training"] = _train_stage(
-        "training", model, data, options.train_config(), on_progress, checkpoints
-    )
-    timings["training_s"] = time.perf_counter() - mark
-
+    with stages.stage("training"):
+        vdcore.sparsify_(model, options.svd_config())
+        if job.weights is None and not options.pretrain_epochs:
+            _start_from_scratch(model)
+        stages.fit(model, data, options.train_config())
     pruned = vdcore.prune(model)
     if options.structured and options.unit_multiple > 1:
         vdcore.round_units_(pruned, example, options.unit_multiple)
-    finetuning: list[dict[str, Any]] = []
     if options.finetune_epochs:
-        _notify(on_progress, {"stage": "finetuning"})
-        mark = time.perf_counter()
-        finetuning, resumed["finetuning"] = _train_stage(
-            "finetuning", pruned, data, options.finetune_config(), on_progress, checkpoints,
-            partial(vdcore.finetune, hold=options.hold()),
-        )
-        timings["finetuning_s"] = time.perf_counter() - mark
+        with stages.stage("finetuning"):
+            stages.fit(pruned, data, options.finetune_config(), partial(vdcore.finetune, hold=options.hold()))
 
-    _notify(on_progress, {"stage": "exporting"})
-    pruned = pruned.cpu()
-    save_weights(pruned, out / "weights.safetensors")
+    with stages.stage("exporting"):
+        pruned = pruned.cpu()
+        save_weights(pruned, out / "weights.safetensors")
+    with stages.stage("measuring"):
+        fastest = export_fastest(pruned, example, baseline, out)
+        accuracy = {"before": accuracy_before, "after": vdcore.evaluate(fastest.model, evaluation)}
+    report = _report(data, options, device, stages, pruned, baseline, fastest, accuracy)
+    report["plots"] = draw_plots(report, pruned, data.plan.input_shape, out)
+    _write_json(out / "report.json", report)
+    return report
+
+
+class _Stages:
+    """A run's stages: each announced to ``on_progress`` as it starts (which may cancel the job there), its
+    epochs reported as they end and checkpointed, and the training stages timed, for the report."""
+
+    def __init__(self, on_progress: Progress | None, checkpoints: Path | None) -> None:
+        self.on_progress, self.checkpoints = on_progress, checkpoints
+        if checkpoints is not None:
+            checkpoints.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+        self.current = ""
+        self.history: dict[str, list[dict[str, Any]]] = {name: [] for name in TRAINING_STAGES}
+        self.resumed = dict.fromkeys(TRAINING_STAGES, 0)
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.on_progress is not None and self.on_progress({"stage": name}):
+            raise Cancelled
+        self.current, mark = name, time.perf_counter()
+        yield
+        if name in TRAINING_STAGES:
+            self.timings[f"{name}_s"] = time.perf_counter() - mark
+
+    def fit(
+        self, model: nn.Module, data: Prepared, config: TrainConfig,
+        fit: Callable[..., list[vdcore.EpochMetrics]] = vdcore.train,
+    ) -> None:
+        """Train the current stage with ``fit`` (``vdcore.train`` or ``vdcore.finetune``), reporting each epoch
+        as a progress event (a truthy answer cancels) and, with checkpoints, saving it so that a rerun of the
+        job resumes after the last one."""
+        stage, new_epochs, cancelled = self.current, 0, False
+
+        def on_epoch(metrics: vdcore.EpochMetrics) -> bool:
+            nonlocal new_epochs, cancelled
+            new_epochs += 1
+            cancelled = bool(self.on_progress and self.on_progress({"stage": stage, **metrics.to_dict()}))
+            return cancelled
+
+        checkpoint = None if self.checkpoints is None else self.checkpoints / f"{stage}.ckpt"
+        history = fit(model, data.dataset.train, data.dataset.val, config, on_epoch=on_epoch, checkpoint=checkpoint)
+        if cancelled:
+            raise Cancelled
+        self.history[stage] = [metrics.to_dict() for metrics in history]
+        self.resumed[stage] = len(history) - new_epochs
+
+
+def _report(
+    data: Prepared, options: JobOptions, device: torch.device, stages: _Stages, pruned: nn.Sequential,
+    baseline: ExportResult, fastest: Fastest, accuracy: dict[str, float],
+) -> dict[str, Any]:
+    """``report.json``: what went in, what came out, how it was measured."""
     sparse_report = vdcore.sparsity_report(pruned)
-    _notify(on_progress, {"stage": "measuring"})
-    fastest = export_fastest(pruned, example, baseline, out)
-    accuracy_after = vdcore.evaluate(fastest.model, evaluation)
-    timings["total_s"] = time.perf_counter() - started
-
-    report = {
+    return {
         "model": {
             "input_shape": list(data.plan.input_shape),
             "num_classes": data.plan.num_classes,
@@ -438,11 +436,11 @@ def run(
         "dataset": {
             "name": data.dataset.name,
             "train_examples": len(data.dataset.x),
-            "val_examples": len(evaluation[0]),
+            "val_examples": len((data.dataset.val or data.dataset.train)[0]),
         },
         "options": options.to_dict(),
         "device": str(device),
-        "accuracy": {"before": accuracy_before, "after": accuracy_after},
+        "accuracy": accuracy,
         "compression": sparse_report.compression,
         "sparsity": sparse_report.sparsity,
         "weights": {"before": sparse_report.weights, "nonzero_after": sparse_report.nonzero},
@@ -456,11 +454,7 @@ def run(
         },
         "onnx_parity_max_abs_diff": {"baseline": baseline.max_abs_diff, "model": fastest.export.max_abs_diff},
         "latency": fastest.latency,
-        "history": {"pretraining": pretrain, "training": history, "finetuning": finetuning},
-        "resumed_after_epoch": resumed,
-        "timings": timings,
+        "history": stages.history,
+        "resumed_after_epoch": stages.resumed,
+        "timings": {**stages.timings, "total_s": time.perf_counter() - stages.started},
     }
-    report["plots"] = draw_plots(report, pruned, data.plan.input_shape, out)
-    _write_json(out / "report.json", report)
-    return report
-
