@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -36,15 +35,11 @@ from vdcore.data import (
 from vdcore.export import ExportResult
 from vdcore.files import atomic_path
 from vdcore.finetune import HOLDS, Hold
-from vdcore.latency import measure_latency
-from vdcore.shrink import GatherInput, layer_widths, pad_channels, shrink
+from vdcore.layout import Fastest, export_fastest
+from vdcore.shrink import layer_widths
 from vdcore.spec import ModelPlan, SpecError, plan_model
 from vdcore.weights import check_weights, load_weights, save_weights
 
-LATENCY_BATCHES = (1, 100)
-# Channel counts the hidden convolutions of the shrunk network are also tried padded to (vdcore.pad_channels):
-# onnxruntime's blocked convolutions want multiples of the CPU's vector width, 8 floats (AVX2) or 16 (AVX-512).
-CHANNEL_MULTIPLES = (8, 16)
 ARTIFACTS = ("model.onnx", "baseline.onnx", "report.json", "weights.safetensors")
 # The stages that train, in the order they run: each has its history, resume point and time in the report.
 TRAINING_STAGES = ("pretraining", "training", "finetuning")
@@ -253,70 +248,6 @@ def _start_from_scratch(model: nn.Module) -> None:
     for _, layer in vdcore.svd_layers(model):
         if isinstance(layer, vdcore.LinearSVD | vdcore.Conv2dSVD):
             nn.init.constant_(layer.log_sigma2, layer.init_log_sigma2)
-
-
-@dataclass(frozen=True)
-class Fastest:
-    """The shrunk network in the form that ran fastest, its ONNX file, and what the form is."""
-
-    model: nn.Sequential
-    export: ExportResult
-    latency: dict[str, dict[str, float]]
-    units: list[int]  # per weight layer, as shrink left them (before any padding)
-    input_gather: bool
-    channel_multiple: int  # hidden convolutions padded to a multiple of this (1: not padded)
-
-
-def export_fastest(pruned: nn.Sequential, example: torch.Tensor, baseline: ExportResult, out: Path) -> Fastest:
-    """Shrink ``pruned`` and write it to ``out/model.onnx`` in its fastest form, with its latency against
-    ``baseline``.
-
-    Several forms compute the same. When the first layer ignores some inputs, one gathers the read inputs first
-    and the other keeps zero weights for the rest; and hidden convolutions may be padded with zero filters to
-    each of ``CHANNEL_MULTIPLES``. Which is faster depends on the batch, the runtime and the CPU, so every
-    distinct form is timed side by side with the baseline at batches 1 and 100, and the lowest geometric mean
-    wins.
-    """
-    shrunk = [shrink(pruned, example, gather_inputs=True)]
-    if any(isinstance(m, GatherInput) for m in shrunk[0]):
-        shrunk.append(shrink(pruned, example, gather_inputs=False))
-    forms: list[tuple[nn.Sequential, nn.Sequential, int]] = []  # (form, shrunk network, channel multiple)
-    for small in shrunk:
-        widths: list[list[int]] = []
-        for multiple in (1, *CHANNEL_MULTIPLES):
-            form = pad_channels(small, example, multiple)
-            if layer_widths(form) not in widths:
-                widths.append(layer_widths(form))
-                forms.append((form, small, multiple))
-    exports = [
-        vdcore.export_onnx(form, out / f".model-candidate-{i}.onnx", example) for i, (form, _, _) in enumerate(forms)
-    ]
-    input_shape = tuple(example.shape[1:])
-    timed = {
-        batch: measure_latency([baseline.path, *(e.path for e in exports)], input_shape, batch=batch)
-        for batch in LATENCY_BATCHES
-    }
-    best = min(range(len(exports)), key=lambda i: math.prod(times[i + 1].median_ms for times in timed.values()))
-    for i, export in enumerate(exports):
-        if i != best:
-            export.path.unlink()
-    form, small, multiple = forms[best]
-    latency = {
-        f"batch_{batch}": {
-            "baseline_ms": times[0].median_ms,
-            "compressed_ms": times[best + 1].median_ms,
-            "speedup": times[0].median_ms / times[best + 1].median_ms,
-        }
-        for batch, times in timed.items()
-    }
-    return Fastest(
-        model=form,
-        export=replace(exports[best], path=exports[best].path.replace(out / "model.onnx")),
-        latency=latency,
-        units=layer_widths(small),
-        input_gather=any(isinstance(m, GatherInput) for m in small),
-        channel_multiple=multiple,
-    )
 
 
 def run(

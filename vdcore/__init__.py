@@ -32,11 +32,12 @@ from vdcore.layers import (
     SVDLayer,
     UnitSVDLayer,
 )
+from vdcore.layout import export_fastest, pad_channels, round_units_
 from vdcore.loss import elbo_loss, kl_divergence
 from vdcore.presets import PRESETS
 from vdcore.prune import prune
 from vdcore.report import LayerSparsity, SparsityReport, sparsity_report
-from vdcore.shrink import GatherInput, layer_widths, pad_channels, round_units_, shrink
+from vdcore.shrink import GatherInput, layer_widths, shrink
 from vdcore.sparsify import is_sparsified, sparsify_, svd_layers
 from vdcore.spec import SpecError, build_model, plan_model, preset_spec
 from vdcore.train import EpochMetrics, evaluate, kl_weight, learning_rate, train
@@ -93,6 +94,7 @@ __all__ = [
     "cap_log_alpha",
     "elbo_loss",
     "evaluate",
+    "export_fastest",
     "export_onnx",
     "finetune",
     "is_sparsified",

@@ -101,16 +101,16 @@ def shrink(model: nn.Module, example_input: Tensor, gather_inputs: bool = True) 
         kind = type(model).__name__
         raise ValueError(f"shrink needs an nn.Sequential (e.g. from vdcore.build_model), got {kind}")
     net = prune(model) if is_sparsified(model) else copy.deepcopy(model).eval()
-    layers = _flat_layers(net)
+    layers = flat_layers(net)
     # Batch 1 is enough to learn the shapes; the clone keeps in-place activations off the caller's tensor.
     x = example_input[:1].clone()
     changed = True
     while changed:
         changed = False
-        for ia, ib in _weight_pairs(layers):
-            changed |= _shrink_pair(layers, ia, ib, _input_shapes(layers, x))
+        for ia, ib in weight_pairs(layers):
+            changed |= _shrink_pair(layers, ia, ib, input_shapes(layers, x))
     if gather_inputs:
-        layers = _gather_read_inputs(layers, _input_shapes(layers, x))
+        layers = _gather_read_inputs(layers, input_shapes(layers, x))
     return nn.Sequential(*layers).eval()
 
 
@@ -129,7 +129,7 @@ def layer_widths(model: nn.Module) -> list[int]:
     return widths
 
 
-def _flat_layers(model: nn.Sequential) -> list[nn.Module]:
+def flat_layers(model: nn.Sequential) -> list[nn.Module]:
     """The leaf layers of nested Sequentials in execution order, refusing any layer shrink cannot trace."""
     named: list[tuple[str, nn.Module]] = []
 
@@ -158,7 +158,7 @@ def _flat_layers(model: nn.Sequential) -> list[nn.Module]:
     return [layer for _, layer in named]
 
 
-def _input_shapes(layers: list[nn.Module], x: Tensor) -> list[torch.Size]:
+def input_shapes(layers: list[nn.Module], x: Tensor) -> list[torch.Size]:
     """The input shape of each layer, then the output shape."""
     shapes = []
     for layer in layers:
@@ -168,7 +168,7 @@ def _input_shapes(layers: list[nn.Module], x: Tensor) -> list[torch.Size]:
     return shapes
 
 
-def _weight_pairs(layers: list[nn.Module]) -> list[tuple[int, int]]:
+def weight_pairs(layers: list[nn.Module]) -> list[tuple[int, int]]:
     """Indices of consecutive weight layers; ``_shrink_pair`` decides whether the layers between allow it."""
     indices = [i for i, layer in enumerate(layers) if isinstance(layer, WeightLayer)]
     return list(itertools.pairwise(indices))
@@ -178,7 +178,7 @@ def _is_plain_flatten(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Flatten) and layer.start_dim == 1 and layer.end_dim == -1
 
 
-def _can_shrink_between(a: WeightLayer, b: WeightLayer, between: list[nn.Module], shapes: list[torch.Size]) -> bool:
+def can_shrink_between(a: WeightLayer, b: WeightLayer, between: list[nn.Module], shapes: list[torch.Size]) -> bool:
     """Whether each output unit of ``a`` reaches ``b`` as its own feature or channel (or block of features).
 
     ``shapes`` are the input shapes of ``a``, the layers between, and ``b``. Requiring 2-d inputs for Linear
@@ -202,10 +202,10 @@ def _shrink_pair(layers: list[nn.Module], ia: int, ib: int, shapes: list[torch.S
     a, b = layers[ia], layers[ib]
     between = layers[ia + 1 : ib]
     assert isinstance(a, WeightLayer) and isinstance(b, WeightLayer)
-    if not _can_shrink_between(a, b, between, shapes[ia : ib + 1]):
+    if not can_shrink_between(a, b, between, shapes[ia : ib + 1]):
         return False
     width = a.weight.shape[0]
-    at_flatten, block = _flattening(between, shapes[ia : ib + 1])
+    at_flatten, block = flattening(between, shapes[ia : ib + 1])
     # b's weights grouped by the unit of a they read: (b outputs, units, values read per unit).
     read = b.weight.reshape(b.weight.shape[0], width, -1)
     dead_out = (read == 0).all(dim=2).all(dim=0)
@@ -237,16 +237,16 @@ def _shrink_pair(layers: list[nn.Module], ia: int, ib: int, shapes: list[torch.S
     keep = torch.nonzero(~remove).flatten()
     columns = (keep[:, None] * block + torch.arange(block, device=keep.device)).flatten()
 
-    layers[ia] = _rebuilt(a, a.weight[keep], None if a.bias is None else a.bias[keep])
+    layers[ia] = rebuilt(a, a.weight[keep], None if a.bias is None else a.bias[keep])
     for j, layer in enumerate(between):
         if isinstance(layer, BatchNorm):
             layers[ia + 1 + j] = _bn_subset(layer, keep if j < at_flatten else columns)
     b_inputs = columns if isinstance(b, nn.Linear) else keep
-    layers[ib] = _rebuilt(b, b.weight[:, b_inputs], bias)
+    layers[ib] = rebuilt(b, b.weight[:, b_inputs], bias)
     return True
 
 
-def _flattening(between: list[nn.Module], shapes: list[torch.Size]) -> tuple[int, int]:
+def flattening(between: list[nn.Module], shapes: list[torch.Size]) -> tuple[int, int]:
     """Where the layers between two weight layers flatten (``len(between)`` if they do not), and the block size.
 
     Flattening turns channel k into the block of features [k * block, (k + 1) * block). ``shapes`` are the input
@@ -270,7 +270,7 @@ def _constant_outputs(a: WeightLayer, between: list[nn.Module], out_shape: torch
     return x.reshape(width, -1)
 
 
-def _rebuilt(layer: WeightLayer, weight: Tensor, bias: Tensor | None) -> WeightLayer:
+def rebuilt(layer: WeightLayer, weight: Tensor, bias: Tensor | None) -> WeightLayer:
     """A layer like ``layer`` holding ``weight`` and ``bias``, its sizes taken from ``weight``."""
     factory = {"device": weight.device, "dtype": weight.dtype}
     new: WeightLayer
@@ -300,10 +300,10 @@ def _bn_subset(bn: BatchNorm, index: Tensor) -> BatchNorm:
     """The batch norm of the features at ``index`` only."""
     assert bn.running_mean is not None and bn.running_var is not None
     affine = (bn.weight[index], bn.bias[index]) if bn.affine else None
-    return _bn_holding(bn, bn.running_mean[index], bn.running_var[index], affine)
+    return bn_holding(bn, bn.running_mean[index], bn.running_var[index], affine)
 
 
-def _bn_holding(bn: BatchNorm, mean: Tensor, var: Tensor, affine: tuple[Tensor, Tensor] | None) -> BatchNorm:
+def bn_holding(bn: BatchNorm, mean: Tensor, var: Tensor, affine: tuple[Tensor, Tensor] | None) -> BatchNorm:
     """A batch norm like ``bn`` with these running statistics and (if ``bn`` is affine) scale and shift."""
     new = skip_init(
         type(bn),
@@ -358,97 +358,5 @@ def _gather_read_inputs(layers: list[nn.Module], shapes: list[torch.Size]) -> li
     keep = torch.nonzero(read).flatten()
     indices = previous.indices[keep] if previous is not None else keep
     elementwise = [m for m in rest if not isinstance(m, nn.Flatten)]
-    smaller = _rebuilt(layer, layer.weight[:, keep], layer.bias)
+    smaller = rebuilt(layer, layer.weight[:, keep], layer.bias)
     return [GatherInput(indices, flatten=flatten), *elementwise, smaller, *layers[first + 1 :]]
-
-
-@torch.no_grad()
-def pad_channels(model: nn.Sequential, example_input: Tensor, multiple: int) -> nn.Sequential:
-    """A copy of a shrunk ``model`` whose hidden convolutions have a multiple of ``multiple`` output channels.
-
-    The added channels are zero filters whose outputs stay zero and are read with zero weights, so the network
-    computes exactly what ``model`` computes. Why: onnxruntime runs a convolution in its fast blocked (NCHWc)
-    layout only when the channel counts are multiples of the CPU's vector width (8 floats with AVX2, 16 with
-    AVX-512), so a convolution that shrink left with 11 filters can cost more than one with 16.
-
-    Raises:
-        ValueError: ``multiple`` is below 1, or ``model`` is not one ``shrink`` accepts.
-    """
-    if multiple < 1:
-        raise ValueError(f"multiple must be 1 or more, got {multiple}")
-    layers = _flat_layers(copy.deepcopy(model).eval())
-    x = example_input[:1].clone()
-    for ia, ib in _weight_pairs(layers):
-        a, b = layers[ia], layers[ib]
-        assert isinstance(a, WeightLayer) and isinstance(b, WeightLayer)
-        shapes = _input_shapes(layers, x)
-        width, extra = a.weight.shape[0], -a.weight.shape[0] % multiple
-        between = layers[ia + 1 : ib]
-        if not isinstance(a, nn.Conv2d) or not extra or not _can_shrink_between(a, b, between, shapes[ia : ib + 1]):
-            continue
-        at_flatten, block = _flattening(between, shapes[ia : ib + 1])
-        bias = None if a.bias is None else _zeros_after(a.bias, 0, extra)
-        layers[ia] = _rebuilt(a, _zeros_after(a.weight, 0, extra), bias)
-        for j, layer in enumerate(between):
-            if isinstance(layer, BatchNorm):
-                layers[ia + 1 + j] = _bn_padded(layer, extra if j < at_flatten else extra * block)
-        read = b.weight.reshape(b.weight.shape[0], width, -1) if isinstance(b, nn.Linear) else b.weight
-        b_weight = _zeros_after(read, 1, extra).reshape(b.weight.shape[0], -1, *b.weight.shape[2:])
-        layers[ib] = _rebuilt(b, b_weight, b.bias)
-    return nn.Sequential(*layers).eval()
-
-
-def _zeros_after(t: Tensor, dim: int, count: int) -> Tensor:
-    """``t`` with ``count`` slices of zeros appended along ``dim``."""
-    shape = list(t.shape)
-    shape[dim] = count
-    return torch.cat([t, t.new_zeros(shape)], dim=dim)
-
-
-def _bn_padded(bn: BatchNorm, count: int) -> BatchNorm:
-    """``bn`` with ``count`` more features that map zero to zero (mean 0, variance 1, shift 0)."""
-    assert bn.running_mean is not None and bn.running_var is not None
-    var = torch.cat([bn.running_var, bn.running_var.new_ones(count)])
-    affine = (torch.cat([bn.weight, bn.weight.new_ones(count)]), _zeros_after(bn.bias, 0, count)) if bn.affine else None
-    return _bn_holding(bn, _zeros_after(bn.running_mean, 0, count), var, affine)
-
-
-@torch.no_grad()
-def round_units_(pruned: nn.Module, example_input: Tensor, multiple: int) -> list[int]:
-    """Zero, in place, the weakest filters of each hidden convolution of a pruned plain network whose kept
-    filters are a few more than a multiple of ``multiple``; returns the filters each convolution keeps.
-
-    A convolution keeping ``k * multiple + r`` filters with ``0 < r < multiple / 2`` loses its ``r`` weakest (by the
-    norm of a filter's weights times the norm of the next layer's weights that read it); any other count is left
-    for ``pad_channels`` to round up. Why: onnxruntime runs a convolution with 8 filters in its blocked layout
-    (AVX2) several times as fast as one with 9 to 12 (LeNet-5's first layer: 1.3 ms against 2.5-2.8 ms at batch
-    100). The network changes, so fine-tune it afterwards (``finetune(..., hold="units")``).
-
-    Raises:
-        ValueError: ``multiple`` is below 1, or ``pruned`` is not a plain network ``shrink`` accepts.
-    """
-    if multiple < 1:
-        raise ValueError(f"multiple must be 1 or more, got {multiple}")
-    if not isinstance(pruned, nn.Sequential) or is_sparsified(pruned):
-        raise ValueError("round_units_ needs a pruned plain nn.Sequential (vdcore.prune's result)")
-    layers = _flat_layers(pruned)
-    device = next(pruned.parameters()).device
-    shapes = _input_shapes(layers, example_input[:1].to(device))
-    kept = []
-    for ia, ib in _weight_pairs(layers):
-        a, b = layers[ia], layers[ib]
-        assert isinstance(a, WeightLayer) and isinstance(b, WeightLayer)
-        if not isinstance(a, nn.Conv2d) or not _can_shrink_between(a, b, layers[ia + 1 : ib], shapes[ia : ib + 1]):
-            continue
-        incoming = a.weight.flatten(1).norm(dim=1)
-        outgoing = b.weight.reshape(b.weight.shape[0], a.weight.shape[0], -1).transpose(0, 1).flatten(1).norm(dim=1)
-        strength = torch.where((incoming > 0) & (outgoing > 0), incoming * outgoing, torch.zeros_like(incoming))
-        count = int((strength > 0).sum())
-        extra = count % multiple
-        if count > multiple and 0 < extra < multiple / 2:
-            weakest = strength.argsort()[-count:][:extra]
-            a.weight[weakest] = 0
-            b.weight.view(b.weight.shape[0], a.weight.shape[0], -1)[:, weakest] = 0
-            count -= extra
-        kept.append(count)
-    return kept

@@ -16,12 +16,12 @@ from recipe.pipeline import (
     JobInput,
     JobOptions,
     _start_from_scratch,
-    export_fastest,
     prepare,
     run,
 )
 from vdcore.data import load_digits
 from vdcore.export import onnx_session
+from vdcore.layout import export_fastest
 from vdcore.presets import lenet_5_caffe, lenet_300_100
 from vdcore.shrink import GatherInput, layer_widths
 from vdcore.spec import build_model

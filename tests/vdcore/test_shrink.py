@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from vdcore.export import export_onnx
+from vdcore.layout import pad_channels, round_units_
 from vdcore.prune import prune
-from vdcore.shrink import GatherInput, layer_widths, pad_channels, round_units_, shrink
+from vdcore.shrink import GatherInput, layer_widths, shrink
 from vdcore.sparsify import is_sparsified, sparsify_
 
 BATCH = 7
