@@ -242,8 +242,7 @@ def _start_from_scratch(model: nn.Module) -> None:
     """Give untrained weights the published from-scratch start: every variance at ``init_log_sigma2``.
 
     The swap's default (the same small alpha for every weight) keeps a trained network's outputs, which an
-    untrained one does not need; with it, LeNet-300-100 on digits ended at 50x instead of 88x (100 epochs,
-    equal accuracy).
+    untrained one does not need, and compresses less (bench/RESULTS.md, "Figures the code used to give").
     """
     for _, layer in vdcore.svd_layers(model):
         if isinstance(layer, vdcore.LinearSVD | vdcore.Conv2dSVD):

@@ -82,7 +82,7 @@ def _replayed(job: Job, request: dict[str, Any], uploads: dict[str, Any]) -> Job
 
 
 # The reads behind every status poll and job list, built once: on SQLite, building a statement costs more than
-# running it (measured: 0.35 of the 0.65 ms that authenticating and reading a job took).
+# running it (bench/RESULTS.md, "API under load").
 _OWNED_JOB = (
     select(Job).where(Job.id == bindparam("job_id"), Job.owner == bindparam("owner"))
     .execution_options(populate_existing=True)

@@ -110,7 +110,7 @@ def unit_scale_sample(pre: Tensor, scale_mean: Tensor, scale_std: Tensor, noise_
 # on CPU, the compiled kernel of ``vdcore.cpu_kernel`` does that work in one pass each way instead.
 # ---------------------------------------------------------------------------------------------------------------
 
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): the exp2 kernel is about 3x faster on CPU
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)): torch's exp2 kernel is faster on CPU (bench/RESULTS.md)
 _threshold_backward = torch.ops.aten.threshold_backward.grad_input  # grad where self > threshold, else 0
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input  # grad * y * (1 - y)
 
@@ -197,10 +197,9 @@ def _stats_forward_ops(
     Each operation writes into one of seven weight-sized buffers (``out=`` or in place): one memory pass each,
     and a small footprint. Fresh buffers each step, not kept ones: freed after the backward, they are the
     holes in which the optimizer's temporaries land; buffers kept on the layer pushed those to the top of the
-    heap, which glibc trims and re-faults every step (measured on LeNet-300-100: 2.6x the page faults, an 8% higher
-    step-time ratio). Works on ``nla = -log_alpha`` so that one threshold_backward pass masks the mean (and,
-    in the backward, its gradient). The KL's per-weight derivative is saved divided by ``-K1 K3``: one pass
-    fewer; the backward scales the scalar.
+    heap, which glibc trims and re-faults every step (bench/RESULTS.md, "glibc heap trimming off"). Works on
+    ``nla = -log_alpha`` so that one threshold_backward pass masks the mean (and, in the backward, its gradient).
+    The KL's per-weight derivative is saved divided by ``-K1 K3``: one pass fewer; the backward scales the scalar.
     """
     moments = torch.empty((2, *theta.shape), dtype=theta.dtype, device=theta.device)
     a, b = moments.unbind()
@@ -355,8 +354,8 @@ class _LinearSVD(torch.autograd.Function):
         if saved[1] is None:  # torch operations without a train mask: the mean is theta, not in the buffer
             moments[0].copy_(mean)
         # Both matmuls as one batched call, ``[x, x^2] @ [mean, var]^T``: one parallel region instead of two,
-        # measured 20-40% faster on CPU than two calls. Then linear_lrt's operations in its order, so that the
-        # same seed draws the same noise.
+        # faster on CPU (bench/RESULTS.md, "Figures the code used to give"). Then linear_lrt's operations in its
+        # order, so that the same seed draws the same noise.
         xs = torch.empty((2, *x.shape), dtype=x.dtype, device=x.device)
         xs[0].copy_(x)
         torch.mul(x, x, out=xs[1])

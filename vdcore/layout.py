@@ -99,8 +99,8 @@ def round_units_(pruned: nn.Module, example_input: Tensor, multiple: int) -> lis
     A convolution keeping ``k * multiple + r`` filters with ``0 < r < multiple / 2`` loses its ``r`` weakest (by the
     norm of a filter's weights times the norm of the next layer's weights that read it); any other count is left
     for ``pad_channels`` to round up. Why: onnxruntime runs a convolution with 8 filters in its blocked layout
-    (AVX2) several times as fast as one with 9 to 12 (LeNet-5's first layer: 1.3 ms against 2.5-2.8 ms at batch
-    100). The network changes, so fine-tune it afterwards (``finetune(..., hold="units")``).
+    (AVX2) several times as fast as one with 9 to 12 (bench/RESULTS.md, "onnxruntime latency of LeNet-5 by filter
+    count"). The network changes, so fine-tune it afterwards (``finetune(..., hold="units")``).
 
     Raises:
         ValueError: ``multiple`` is below 1, or ``pruned`` is not a plain network ``shrink`` accepts.
