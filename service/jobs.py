@@ -18,7 +18,7 @@ another process may have just changed the job.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -132,9 +132,10 @@ def _update_where(session: Session, *condition: Any, **values: Any) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def _this_attempt(job_id: str, state: JobState, attempt: int | None) -> list[Any]:
-    """The job in ``state``, and given ``attempt``, still that attempt's: a condition for ``_update_where``."""
-    condition = [Job.id == job_id, Job.state == state]
+def _this_attempt(job_id: str, states: Iterable[JobState], attempt: int | None) -> list[Any]:
+    """The job in one of ``states``, and given ``attempt``, still that attempt's: a condition for
+    ``_update_where``."""
+    condition = [Job.id == job_id, Job.state.in_(states)]
     if attempt is not None:
         condition.append(Job.attempts == attempt)
     return condition
@@ -143,10 +144,9 @@ def _this_attempt(job_id: str, state: JobState, attempt: int | None) -> list[Any
 def _transition(session: Session, job_id: str, target: JobState, attempt: int | None = None, **values: Any) -> Job:
     """Move the job to ``target`` if ``ENTERED_FROM`` allows it from the job's state (and, given ``attempt``, the
     job is still in that attempt); ``JobConflict`` otherwise."""
-    condition = [Job.id == job_id, Job.state.in_(ENTERED_FROM[target])]
-    if attempt is not None:
-        condition.append(Job.attempts == attempt)
-    moved = _update_where(session, *condition, state=target, updated_at=utcnow(), **values)
+    moved = _update_where(
+        session, *_this_attempt(job_id, ENTERED_FROM[target], attempt), state=target, updated_at=utcnow(), **values
+    )
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise NotFound(f"no job {job_id}")
@@ -186,7 +186,7 @@ def claim(
 def renew_lease(*, session: Session, job_id: str, attempt: int, lease_s: float) -> bool:
     """Extend the attempt's hold on the job; False if the job is no longer this attempt's to run."""
     expires = utcnow() + timedelta(seconds=lease_s)
-    return _update_where(session, *_this_attempt(job_id, JobState.RUNNING, attempt), lease_expires_at=expires)
+    return _update_where(session, *_this_attempt(job_id, {JobState.RUNNING}, attempt), lease_expires_at=expires)
 
 
 def finish(
@@ -284,7 +284,7 @@ def record_progress(*, session: Session, job_id: str, event: Mapping[str, Any], 
         remaining += sum(job.request["options"].get(_STAGE_EPOCHS[stage], 0) for stage in later)
         progress["eta_seconds"] = event["seconds"] * remaining
     recorded = _update_where(
-        session, *_this_attempt(job_id, JobState.RUNNING, attempt), progress=progress, updated_at=utcnow()
+        session, *_this_attempt(job_id, {JobState.RUNNING}, attempt), progress=progress, updated_at=utcnow()
     )
     return not recorded or is_cancel_requested(session=session, job_id=job_id)
 
