@@ -32,7 +32,8 @@ from bench.results import (
     machine,
     print_progress,
 )
-from recipe.pipeline import JobInput, JobOptions, run
+from recipe.options import JobOptions, given_options
+from recipe.pipeline import JobInput, run
 
 # Molchanov, Ashukha and Vetrov 2017, Table 1 (Sparse VD rows): test error (%) and compression.
 PUBLISHED = {
@@ -75,14 +76,11 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", choices=sorted(PUBLISHED), default="lenet-300-100")
-    parser.add_argument("--epochs", type=int, default=200, help="Sparse VD epochs (the paper: 200)")
-    parser.add_argument("--pretrain-epochs", type=int, default=0, help="dense epochs first (0: from scratch)")
-    add_run_arguments(parser, out="out/bench-mnist")
+    # The paper's run: 200 Sparse VD epochs from scratch.
+    add_run_arguments(parser, out="out/bench-mnist", epochs=200, pretrain_epochs=0)
     args = parser.parse_args()
     apply_threads(args)
-    options = JobOptions(epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
-                         lr=args.lr, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-                         finetune_hold=args.finetune_hold, seed=args.seed, device=args.device)
+    options = JobOptions(**given_options(args))
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
 
     out = Path(args.out) / args.net

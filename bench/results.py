@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from recipe.pipeline import FINETUNE_HOLDS, JobOptions
+from recipe.options import JobOptions, add_option_flags
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -55,20 +55,11 @@ def append_section(title: str, lines: list[str]) -> str:
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, out: str) -> None:
-    """The options every MNIST job benchmark shares (training, device, threads, data, output), and their
-    defaults; ``apply_threads`` acts on ``--threads``."""
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    job_defaults = JobOptions()
-    parser.add_argument("--finetune-epochs", type=int, default=job_defaults.finetune_epochs,
-                        help="epochs on the data alone after pruning (0: none)")
-    parser.add_argument("--finetune-lr", type=float, default=job_defaults.finetune_lr)
-    parser.add_argument("--finetune-hold", choices=FINETUNE_HOLDS, default=job_defaults.finetune_hold,
-                        help="what fine-tuning keeps at zero: every pruned weight, or only the removed units "
-                        "(auto: units in a structured job)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+def add_run_arguments(parser: argparse.ArgumentParser, out: str, **option_defaults: Any) -> None:
+    """Every job option as a flag, ``option_defaults`` replacing the job's defaults, and what every MNIST job
+    benchmark shares (threads, data, output); ``apply_threads`` acts on ``--threads``, ``JobOptions(**
+    given_options(args))`` gives the job's options."""
+    add_option_flags(parser, JobOptions(**option_defaults).model_dump())
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--mnist", default=str(MNIST_DIR))
     parser.add_argument("--out", default=out)

@@ -35,7 +35,8 @@ from bench.results import (
     machine,
     print_progress,
 )
-from recipe.pipeline import JobInput, JobOptions, run
+from recipe.options import JobOptions, given_options
+from recipe.pipeline import JobInput, run
 
 # Structured Bayesian Pruning (Neklyudov, Molchanov, Ashukha and Vetrov, NIPS 2017, "Structured Bayesian Pruning
 # via Log-Normal Multiplicative Noise"), its MNIST table as quoted in the product brief (shared/MISSION.md): test
@@ -85,21 +86,11 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", choices=sorted(PUBLISHED_SBP), default="lenet-300-100")
-    parser.add_argument("--epochs", type=int, default=100, help="structured Sparse VD epochs")
-    parser.add_argument("--pretrain-epochs", type=int, default=20, help="dense epochs first (SBP starts pretrained)")
-    parser.add_argument("--threshold", type=float, default=3.0, help="log alpha above which a unit is dropped")
-    parser.add_argument("--unit-kl-exponent", type=float, default=0.5,
-                        help="each unit's KL counts its multiply-adds per example ** this (higher keeps fewer units)")
-    parser.add_argument("--unit-multiple", type=int, default=JobOptions().unit_multiple,
-                        help="convolutions keeping a few filters more than a multiple of this drop to it (1: off)")
-    add_run_arguments(parser, out="out/bench-structured")
+    # Structured from 20 dense epochs (SBP starts pretrained).
+    add_run_arguments(parser, out="out/bench-structured", epochs=100, pretrain_epochs=20, structured=True)
     args = parser.parse_args()
     apply_threads(args)
-    options = JobOptions(epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
-                         lr=args.lr, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-                         finetune_hold=args.finetune_hold, threshold=args.threshold, seed=args.seed,
-                         device=args.device, structured=True, unit_kl_exponent=args.unit_kl_exponent,
-                         unit_multiple=args.unit_multiple)
+    options = JobOptions(**given_options(args))
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
 
     out = Path(args.out) / args.net

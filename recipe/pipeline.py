@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 import vdcore
+from recipe.options import JobOptions
 from recipe.plots import draw_plots
-from vdcore.config import SVDConfig, TrainConfig, _DictMixin
+from vdcore.config import TrainConfig
 from vdcore.data import (
     DEFAULT_MAX_BYTES,
     Dataset,
@@ -34,7 +35,6 @@ from vdcore.data import (
 )
 from vdcore.export import ExportResult
 from vdcore.files import atomic_path
-from vdcore.finetune import HOLDS, Hold
 from vdcore.layout import Fastest, export_fastest
 from vdcore.shrink import layer_widths
 from vdcore.spec import ModelPlan, SpecError, plan_model
@@ -59,89 +59,6 @@ class JobTooLarge(JobError):
 
 class Cancelled(Exception):
     """The job was cancelled while it ran."""
-
-
-# What a job's fine-tuning may hold at zero: vdcore's choices, or "auto" (JobOptions.hold resolves it).
-FINETUNE_HOLDS = ("auto", *HOLDS)
-
-
-@dataclass(frozen=True)
-class JobOptions(_DictMixin):
-    """What a user may tune. Defaults make a good short run; the published recipe uses 200 epochs."""
-
-    epochs: int = 100
-    pretrain_epochs: int = 30
-    batch_size: int = 100
-    lr: float = 1e-3
-    kl_warmup_start: float = 0.025
-    kl_warmup_end: float = 0.1
-    lr_decay_start: float = 0.5
-    threshold: float = 3.0
-    val_fraction: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    # A random scale per unit / filter on top of the per-weight rates, so whole units go too
-    # (SVDConfig.granularity "weight+unit"): compression and a faster network from one job.
-    structured: bool = False
-    # With structured: each unit's KL counts its multiply-adds ** unit_kl_exponent times; higher keeps fewer units.
-    unit_kl_exponent: float = 0.5
-    # With structured: after pruning, a hidden convolution keeping a few filters more than a multiple of this drops
-    # its weakest down to the multiple (vdcore.round_units_; fine-tuning then recovers), so onnxruntime runs it in
-    # its blocked layout: 8 (AVX2) made LeNet-5's first layer twice as fast as 11 filters. 1: keep what pruning kept.
-    unit_multiple: int = 8
-    # After pruning: epochs on the data term alone, lr falling to 0 (vdcore.finetune), holding every pruned weight
-    # at zero ("weights") or only the removed units ("units": denser, as fast, more accurate); "auto" holds units
-    # in a structured job (speed is its aim) and weights otherwise (compression is).
-    finetune_epochs: int = 10
-    finetune_lr: float = 1e-3
-    finetune_hold: str = "auto"  # one of FINETUNE_HOLDS
-
-    def __post_init__(self) -> None:
-        if self.pretrain_epochs < 0:
-            raise ValueError(f"pretrain_epochs must be 0 or more, got {self.pretrain_epochs}")
-        if self.finetune_epochs < 0:
-            raise ValueError(f"finetune_epochs must be 0 or more, got {self.finetune_epochs}")
-        if isinstance(self.unit_multiple, bool) or not isinstance(self.unit_multiple, int) or self.unit_multiple < 1:
-            raise ValueError(f"unit_multiple must be a whole number, 1 or more, got {self.unit_multiple!r}")
-        if not self.finetune_lr > 0:
-            raise ValueError(f"finetune_lr must be positive, got {self.finetune_lr}")
-        if self.finetune_hold not in FINETUNE_HOLDS:
-            raise ValueError(f"finetune_hold must be 'auto' or one of {HOLDS}, got {self.finetune_hold!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        if not isinstance(self.structured, bool):  # "false" from a form or a command line is truthy
-            raise ValueError(f"structured must be true or false, got {self.structured!r}")
-        self.train_config()
-        self.svd_config()
-
-    def train_config(self, epochs: int | None = None) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs if epochs is None else epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            kl_warmup_start=self.kl_warmup_start,
-            kl_warmup_end=self.kl_warmup_end,
-            lr_decay_start=self.lr_decay_start,
-            seed=self.seed,
-            device=self.device,
-        )
-
-    def finetune_config(self) -> TrainConfig:
-        """The fine-tuning after pruning: ``finetune_lr`` falling linearly to 0 over ``finetune_epochs``."""
-        return replace(self.train_config(self.finetune_epochs), lr=self.finetune_lr, lr_decay_start=0.0)
-
-    def hold(self) -> Hold:
-        """What fine-tuning holds at zero, ``finetune_hold`` with "auto" resolved."""
-        if self.finetune_hold == "auto":
-            return "units" if self.structured else "weights"
-        return self.finetune_hold  # type: ignore[return-value]
-
-    def svd_config(self) -> SVDConfig:
-        return SVDConfig(
-            threshold=self.threshold,
-            granularity="weight+unit" if self.structured else "weight",
-            unit_kl_exponent=self.unit_kl_exponent,
-        )
 
 
 @dataclass(frozen=True)
@@ -368,7 +285,7 @@ def _report(
             "train_examples": len(data.dataset.x),
             "val_examples": len((data.dataset.val or data.dataset.train)[0]),
         },
-        "options": options.to_dict(),
+        "options": options.model_dump(),
         "device": str(device),
         "accuracy": accuracy,
         "compression": sparse_report.compression,

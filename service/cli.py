@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from recipe.pipeline import ARTIFACTS, JobError, JobInput, JobOptions, run
+from recipe.options import JobOptions, add_option_flags, given_options
+from recipe.pipeline import ARTIFACTS, JobError, JobInput, run
 from service.client import ApiError, Client
 from service.states import FINISHED, JobState
 from vdcore.presets import PRESETS
@@ -99,23 +101,28 @@ def _print_summary(report: dict[str, Any], out: Path) -> None:
     Console().print(table)
 
 
-def _option_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k in JobOptions.__dataclass_fields__ and v is not None}
-
-
 def _fail(message: object) -> int:
     console.print(f"[red]error:[/red] {escape(str(message))}", soft_wrap=True)
     return 2
 
 
+def _option_errors(error: ValidationError) -> str:
+    """Pydantic's errors in the command line's words: each names the flag to change."""
+    lines = []
+    for problem in error.errors():
+        flag = f"--{str(problem['loc'][0]).replace('_', '-')}: " if problem["loc"] else ""
+        lines.append(flag + problem["msg"].removeprefix("Value error, "))
+    return "; ".join(lines)
+
+
 def compress(args: argparse.Namespace) -> int:
-    overrides = _option_overrides(args)
+    try:
+        options = JobOptions(**given_options(args))
+    except ValidationError as error:
+        return _fail(_option_errors(error))
     try:
         job = JobInput(
-            model=_model_source(args),
-            dataset=_dataset_source(args.dataset),
-            weights=args.weights,
-            options=JobOptions.from_dict(overrides),
+            model=_model_source(args), dataset=_dataset_source(args.dataset), weights=args.weights, options=options
         )
         view = _LiveView()
         with view.progress:
@@ -151,7 +158,7 @@ def submit(args: argparse.Namespace) -> int:
     request = {
         "model": _model_source(args),
         "dataset": None if dataset_file else {"builtin": args.dataset},
-        "options": _option_overrides(args),
+        "options": given_options(args),
     }
     try:
         client = _client(args)
@@ -266,12 +273,7 @@ def _job_arguments(parser: argparse.ArgumentParser, dataset_help: str) -> None:
     model.add_argument("--spec", help="a JSON file describing the architecture")
     parser.add_argument("--weights", help="a safetensors file of the model's trained weights")
     parser.add_argument("--dataset", default="digits", help=dataset_help)
-    for name, default in JobOptions().to_dict().items():
-        flag = f"--{name.replace('_', '-')}"
-        if isinstance(default, bool):  # type=bool would read "false" as True
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=f"default {default}")
-        else:
-            parser.add_argument(flag, dest=name, type=type(default), help=f"default {default}")
+    add_option_flags(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -28,7 +28,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from recipe.pipeline import JobInput, JobOptions
+from recipe.options import JobOptions
+from recipe.pipeline import JobInput
 from service.states import JobState
 
 # The column's check constraint, as the migrations wrote it.
@@ -129,68 +130,6 @@ class Worker(Base):
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
-_OPTIONS = JobOptions()
-
-
-class JobOptionsRequest(BaseModel):
-    """``recipe.pipeline.JobOptions`` with the ranges a service accepts; defaults are the pipeline's.
-
-    Strict types: ``"5"`` or ``true`` for an epoch count is a mistake to report, not to guess at.
-    """
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-    epochs: int = Field(_OPTIONS.epochs, ge=1, le=10_000)
-    pretrain_epochs: int = Field(_OPTIONS.pretrain_epochs, ge=0, le=10_000)
-    batch_size: int = Field(_OPTIONS.batch_size, ge=1, le=65_536)
-    lr: float = Field(_OPTIONS.lr, gt=0, le=10)
-    kl_warmup_start: float = Field(_OPTIONS.kl_warmup_start, ge=0, le=1)
-    kl_warmup_end: float = Field(_OPTIONS.kl_warmup_end, ge=0, le=1)
-    lr_decay_start: float = Field(_OPTIONS.lr_decay_start, ge=0, le=1)
-    threshold: float = Field(_OPTIONS.threshold, gt=-8, lt=8, description="drop weights with log alpha above this")
-    val_fraction: float = Field(_OPTIONS.val_fraction, ge=0, lt=1)
-    seed: int = Field(_OPTIONS.seed, ge=0, le=2**63 - 1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    structured: bool = Field(
-        _OPTIONS.structured, description="also a dropout rate per unit or filter, so whole units are removed (speed)"
-    )
-    unit_kl_exponent: float = Field(
-        _OPTIONS.unit_kl_exponent,
-        ge=0,
-        le=1,
-        description="with structured: each unit's KL counts its multiply-adds per example ** this; higher keeps "
-        "fewer units (faster)",
-    )
-    unit_multiple: int = Field(
-        _OPTIONS.unit_multiple,
-        ge=1,
-        le=1024,
-        description="with structured: a convolution keeping a few filters more than a multiple of this drops its "
-        "weakest down to it before fine-tuning, as CPUs run such counts fastest (8 for AVX2; 1: off)",
-    )
-    finetune_epochs: int = Field(
-        _OPTIONS.finetune_epochs,
-        ge=0,
-        le=10_000,
-        description="after pruning, epochs on the data alone, holding what finetune_hold says (0: none)",
-    )
-    finetune_lr: float = Field(_OPTIONS.finetune_lr, gt=0, le=10, description="the fine-tuning's starting lr")
-    finetune_hold: Literal["auto", "weights", "units"] = Field(
-        _OPTIONS.finetune_hold,  # type: ignore[arg-type]
-        description="what fine-tuning keeps at zero: every pruned weight (the compression), or only the removed "
-        "units (denser, as fast, more accurate); auto: units in a structured job, weights otherwise",
-    )
-
-    @model_validator(mode="after")
-    def _pipeline_accepts(self) -> JobOptionsRequest:
-        """Cross-field rules (warm-up start before end, ...) are the pipeline's: ask it rather than copy them."""
-        self.to_job_options()
-        return self
-
-    def to_job_options(self) -> JobOptions:
-        return JobOptions(**self.model_dump())
-
-
 class BuiltinDataset(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -206,7 +145,7 @@ class JobRequest(BaseModel):
 
     model: dict[str, Any] = Field(examples=[{"preset": "lenet-300-100"}])
     dataset: BuiltinDataset | None = None
-    options: JobOptionsRequest = Field(default_factory=JobOptionsRequest)
+    options: JobOptions = Field(default_factory=JobOptions)
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -241,7 +180,7 @@ class JobRequest(BaseModel):
             model=self.model,
             dataset=source,
             weights=None if weights is None else str(weights),
-            options=self.options.to_job_options(),
+            options=self.options,
         )
 
 

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import vdcore
+from recipe.options import JobOptions
 from recipe.pipeline import (
     ARTIFACTS,
     Cancelled,
     JobError,
     JobInput,
-    JobOptions,
     _start_from_scratch,
     prepare,
     run,
@@ -164,26 +164,6 @@ def test_prepare_checks_weights_against_the_model(tmp_path):
         prepare(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, str(tmp_path / "w.safetensors")))
 
 
-def test_bad_options_are_refused():
-    with pytest.raises(ValueError, match="val_fraction"):
-        JobOptions(val_fraction=1.0)
-    with pytest.raises(ValueError, match="threshold"):
-        JobOptions(threshold=100.0)
-    with pytest.raises(ValueError, match="finetune_epochs"):
-        JobOptions(finetune_epochs=-1)
-    with pytest.raises(ValueError, match="finetune_lr"):
-        JobOptions(finetune_lr=0.0)
-    with pytest.raises(ValueError, match="unit_multiple must be a whole number"):
-        JobOptions(unit_multiple=0)
-    with pytest.raises(ValueError, match="finetune_hold must be 'auto' or one of"):
-        JobOptions(finetune_hold="rows")
-
-
-def test_finetuning_holds_units_in_a_structured_job_and_weights_otherwise():
-    assert JobOptions().hold() == "weights" and JobOptions(structured=True).hold() == "units"
-    assert JobOptions(structured=True, finetune_hold="weights").hold() == "weights"
-
-
 def test_untrained_weights_start_from_the_published_variances():
     model = vdcore.sparsify_(build_model(lenet_300_100((1, 8, 8))))
     _start_from_scratch(model)
@@ -212,9 +192,3 @@ def test_structured_job_drops_units_and_its_onnx_has_the_reported_accuracy(tmp_p
     data = load_digits()
     logits = onnx_session(tmp_path / "model.onnx").run(None, {"input": data.x_val.numpy()})[0]
     assert float(np.mean(logits.argmax(1) == data.y_val.numpy())) == pytest.approx(report["accuracy"]["after"])
-
-
-def test_structured_must_be_a_boolean():
-    with pytest.raises(ValueError, match="structured must be true or false"):
-        JobOptions(structured="false")  # type: ignore[arg-type]
-    assert JobOptions.from_dict({"structured": True}).svd_config().granularity == "weight+unit"

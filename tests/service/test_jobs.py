@@ -4,10 +4,10 @@ from datetime import timedelta
 
 import pytest
 
-from recipe.pipeline import JobOptions
+from recipe.options import JobOptions
 from service import jobs
 from service.errors import JobConflict, NotFound
-from service.models import JobOptionsRequest, utcnow
+from service.models import utcnow
 from service.states import FINISHED, JobState
 from tests.service.conftest import digits_request
 
@@ -25,11 +25,6 @@ def test_created_job_is_queued_with_defaults_filled_in(session):
     assert job.request["options"]["batch_size"] == JobOptions().batch_size
     assert job.created_at.tzinfo is not None
     assert jobs.get_job(session=session, owner="alice", job_id=job.id) is job
-
-
-def test_options_mirror_the_pipeline():
-    assert set(JobOptionsRequest.model_fields) == set(JobOptions.__dataclass_fields__)
-    assert JobOptionsRequest().to_job_options() == JobOptions()
 
 
 def test_same_idempotency_key_and_request_returns_the_same_job(session):

@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 
-from recipe.pipeline import JobOptions
+from recipe.options import JobOptions
 from service import jobs, workers
 from service.db import create_db_engine, ping
 from service.models import Job, utcnow
