@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -34,6 +33,7 @@ from bench.results import (
 )
 from recipe.options import JobOptions, given_options
 from recipe.pipeline import JobInput, run
+from recipe.report import Report
 
 # Molchanov, Ashukha and Vetrov 2017, Table 1 (Sparse VD rows): test error (%) and compression.
 PUBLISHED = {
@@ -43,17 +43,17 @@ PUBLISHED = {
 TARGETS = {"lenet-300-100": (1.92, 68), "lenet-5-caffe": (0.80, 200)}
 
 
-def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    error_before = 100 * (1 - report["accuracy"]["before"])
-    error_after = 100 * (1 - report["accuracy"]["after"])
+def describe(net: str, report: Report, args: argparse.Namespace) -> list[str]:
+    error_before = 100 * (1 - report.accuracy.before)
+    error_after = 100 * (1 - report.accuracy.after)
     published, (max_error, min_compression) = PUBLISHED[net], TARGETS[net]
     # Rounded: 1 - 0.992 is 0.8000000000000007%, and a test set's error is a whole number of examples.
-    met = round(error_after, 6) <= max_error and report["compression"] >= min_compression
-    nonzero = " - ".join(f"{1 - layer['sparsity']:.1%}" for layer in report["layers"])
+    met = round(error_after, 6) <= max_error and report.compression >= min_compression
+    nonzero = " - ".join(f"{1 - layer.sparsity:.1%}" for layer in report.layers)
     lines = [
-        f"- machine: {machine(torch.device(report['device']))}",
+        f"- machine: {machine(torch.device(report.device))}",
         f"- command: `{command_line()}`",
-        f"- options: {json.dumps(report['options'])}",
+        f"- options: {json.dumps(report.options.model_dump())}",
         f"- target: at most {max_error}% test error at {min_compression}x or more: **{'met' if met else 'not met'}**",
         "",
         "| | ours | paper (Sparse VD) |",
@@ -62,11 +62,11 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
         "| test error, dense | (from scratch: no dense network) | - |",
         f"| test error, compressed | {error_after:.2f}% | {published['error']}% |",
         *before_finetuning_rows(report),
-        f"| compression (all weights / non-zero) | {report['compression']:.1f}x | {published['compression']}x |",
+        f"| compression (all weights / non-zero) | {report.compression:.1f}x | {published['compression']}x |",
         f"| non-zero weights per layer | {nonzero} | {published['nonzero']} |",
-        f"| units per layer, before -> after shrink | {report['units']['before']} -> {report['units']['after']} | - |",
-        f"| onnxruntime CPU speed-up, batch 1 / 100 | {report['latency']['batch_1']['speedup']:.2f}x / "
-        f"{report['latency']['batch_100']['speedup']:.2f}x | {published['speedup']} (its own runtime) |",
+        f"| units per layer, before -> after shrink | {report.units.before} -> {report.units.after} | - |",
+        f"| onnxruntime CPU speed-up, batch 1 / 100 | {report.latency['batch_1'].speedup:.2f}x / "
+        f"{report.latency['batch_100'].speedup:.2f}x | {published['speedup']} (its own runtime) |",
         "",
         *job_tables(report, args.pretrain_epochs, args.epochs, "Sparse VD training"),
     ]
@@ -84,7 +84,7 @@ def main() -> None:
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
 
     out = Path(args.out) / args.net
-    report = run(job, out, print_progress)
+    report = run(job, out, on_progress=print_progress)
     lines = describe(args.net, report, args)
     title = f"MNIST {args.net}, " + (f"{args.pretrain_epochs} dense + " if args.pretrain_epochs else "from scratch, ")
     title += f"{args.epochs} Sparse VD epochs"

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from recipe.options import JobOptions, add_option_flags
+from recipe.progress import Progress, Stage
+from recipe.report import Report
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -71,44 +73,44 @@ def apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def print_progress(event: dict[str, Any]) -> None:
+def print_progress(progress: Progress) -> None:
     """A job's epoch events on one line each, for a benchmark's console."""
-    if "epoch" in event:
-        print(f"{event['stage']} {event['epoch']}/{event['epochs']} loss {event['data_loss']:.4f} "
-              f"val {event['val_accuracy']:.4f} compression {event['compression']:.1f}x "
-              f"{event['seconds']:.1f}s", flush=True)
+    if progress.epoch is not None:
+        print(f"{progress.stage} {progress.epoch}/{progress.epochs} loss {progress.data_loss:.4f} "
+              f"val {progress.val_accuracy:.4f} compression {progress.compression:.1f}x "
+              f"{progress.seconds:.1f}s", flush=True)
 
 
 def _kb(size: int) -> str:
     return f"{size / 1024:.1f} KB"
 
 
-def before_finetuning_rows(report: dict[str, Any]) -> list[str]:
+def before_finetuning_rows(report: Report) -> list[str]:
     """A row with the pruned network's test error before fine-tuning (the last training epoch's), when it ran."""
-    if not report["history"].get("finetuning"):
+    if not report.history.get(Stage.FINETUNING):
         return []
-    error = 100 * (1 - report["history"]["training"][-1]["val_accuracy"])
+    error = 100 * (1 - report.history[Stage.TRAINING][-1].val_accuracy)
     return [f"| test error, compressed, before fine-tuning | {error:.2f}% | - |"]
 
 
-def job_tables(report: dict[str, Any], pretrain_epochs: int, epochs: int, stage: str) -> list[str]:
+def job_tables(report: Report, pretrain_epochs: int, epochs: int, stage: str) -> list[str]:
     """The latency, file-size and time tables of a pipeline report, dense against compressed.
 
     The time table sets a compressing epoch against a dense one when the job pretrained (``stage`` names the
     compressing stage), both measured in the same run.
     """
-    latency, files, timings = report["latency"], report["files"], report["timings"]
-    form = "a Gather of the read inputs first" if report.get("input_gather") else "every input kept"
-    multiple = report.get("channel_multiple", 1)
+    latency, files, timings = report.latency, report.files, report.timings
+    form = "a Gather of the read inputs first" if report.input_gather else "every input kept"
+    multiple = report.channel_multiple
     form += f"; hidden convolutions padded to a multiple of {multiple} filters" if multiple > 1 else ""
     lines = [f"ONNX form kept (the fastest of those timed): {form}.", "",
              "| onnxruntime CPU latency | dense (ms) | compressed (ms) | speed-up |", "|---|---|---|---|"]
     for batch, row in latency.items():
-        lines.append(f"| {batch.replace('_', ' ')} | {row['baseline_ms']:.3f} | {row['compressed_ms']:.3f} | "
-                     f"{row['speedup']:.2f}x |")
+        lines.append(f"| {batch.replace('_', ' ')} | {row.baseline_ms:.3f} | {row.compressed_ms:.3f} | "
+                     f"{row.speedup:.2f}x |")
     lines += ["", "| file | dense | compressed | ratio |", "|---|---|---|---|"]
     for kind in ("bytes", "gzip_bytes"):
-        dense, small = files["baseline.onnx"][kind], files["model.onnx"][kind]
+        dense, small = getattr(files["baseline.onnx"], kind), getattr(files["model.onnx"], kind)
         lines.append(f"| ONNX, {'raw' if kind == 'bytes' else 'gzip'} | {_kb(dense)} | {_kb(small)} | "
                      f"{dense / small:.1f}x |")
     lines += ["", "| time | seconds | per epoch |", "|---|---|---|"]
@@ -119,7 +121,7 @@ def job_tables(report: dict[str, Any], pretrain_epochs: int, epochs: int, stage:
                      f"{dense_epoch:.1f} |")
     lines.append(f"| {stage} ({epochs} epochs) | {timings['training_s']:.0f} | {per_epoch:.1f} |")
     if "finetuning_s" in timings:
-        finetune_epochs = len(report["history"]["finetuning"])
+        finetune_epochs = len(report.history[Stage.FINETUNING])
         lines.append(f"| fine-tuning ({finetune_epochs} epochs) | {timings['finetuning_s']:.0f} | "
                      f"{timings['finetuning_s'] / finetune_epochs:.1f} |")
     lines.append(f"| whole job | {timings['total_s']:.0f} | - |")

@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -37,6 +36,7 @@ from bench.results import (
 )
 from recipe.options import JobOptions, given_options
 from recipe.pipeline import JobInput, run
+from recipe.report import Report
 
 # Structured Bayesian Pruning (Neklyudov, Molchanov, Ashukha and Vetrov, NIPS 2017, "Structured Bayesian Pruning
 # via Log-Normal Multiplicative Noise"), its MNIST table as quoted in the product brief (shared/MISSION.md): test
@@ -48,21 +48,21 @@ PUBLISHED_SBP = {
 }
 
 
-def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    error_before = 100 * (1 - report["accuracy"]["before"])
-    error_after = 100 * (1 - report["accuracy"]["after"])
+def describe(net: str, report: Report, args: argparse.Namespace) -> list[str]:
+    error_before = 100 * (1 - report.accuracy.before)
+    error_after = 100 * (1 - report.accuracy.after)
     sbp = PUBLISHED_SBP[net]
-    latency = report["latency"]
-    best_speedup = max(row["speedup"] for row in latency.values())
+    latency = report.latency
+    best_speedup = max(row.speedup for row in latency.values())
     # Rounded: 1 - 0.992 is 0.8000000000000007%, and a test set's error is a whole number of examples.
     met = round(error_after, 6) <= sbp["error"] and best_speedup >= sbp["speedup"]
-    nonzero = " - ".join(f"{1 - layer['sparsity']:.1%}" for layer in report["layers"])
-    units_before = "-".join(map(str, report["units"]["before"]))
-    units_after = "-".join(map(str, report["units"]["after"]))
+    nonzero = " - ".join(f"{1 - layer.sparsity:.1%}" for layer in report.layers)
+    units_before = "-".join(map(str, report.units.before))
+    units_after = "-".join(map(str, report.units.after))
     lines = [
-        f"- machine: {machine(torch.device(report['device']))}",
+        f"- machine: {machine(torch.device(report.device))}",
         f"- command: `{command_line()}`",
-        f"- options: {json.dumps(report['options'])}",
+        f"- options: {json.dumps(report.options.model_dump())}",
         f"- target: at most SBP's {sbp['error']}% test error with at least its {sbp['speedup']}x speed-up "
         f"(best batch size): **{'met' if met else 'not met'}**",
         "",
@@ -73,7 +73,7 @@ def describe(net: str, report: dict[str, Any], args: argparse.Namespace) -> list
         f"| test error, compressed | {error_after:.2f}% | {sbp['error']}% |",
         *before_finetuning_rows(report),
         f"| units per layer, before -> after shrink | {units_before} -> {units_after} | {sbp['units']} (its count) |",
-        f"| compression (all weights / non-zero) | {report['compression']:.1f}x | - |",
+        f"| compression (all weights / non-zero) | {report.compression:.1f}x | - |",
         f"| non-zero weights per layer | {nonzero} | - |",
         f"| onnxruntime CPU speed-up, batch 1 / 100 | {latency['batch_1']['speedup']:.2f}x / "
         f"{latency['batch_100']['speedup']:.2f}x | {sbp['speedup']}x |",
@@ -94,7 +94,7 @@ def main() -> None:
     job = JobInput(model={"preset": args.net}, dataset={"idx_dir": args.mnist}, options=options)
 
     out = Path(args.out) / args.net
-    report = run(job, out, print_progress)
+    report = run(job, out, on_progress=print_progress)
     lines = describe(args.net, report, args)
     title = f"MNIST {args.net}, structured (weights + units), " + (
         f"{args.pretrain_epochs} dense + " if args.pretrain_epochs else "from scratch, "

@@ -7,7 +7,6 @@ input error is found before a worker is involved.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,17 @@ from torch import nn
 import vdcore
 from recipe.options import JobOptions
 from recipe.plots import draw_plots
+from recipe.progress import TRAINING_STAGES, OnProgress, Progress, ShouldStop, Stage
+from recipe.report import (
+    Accuracy,
+    DatasetFacts,
+    FileSize,
+    ModelFacts,
+    Parity,
+    Report,
+    Units,
+    WeightCounts,
+)
 from vdcore.config import TrainConfig
 from vdcore.data import (
     DEFAULT_MAX_BYTES,
@@ -41,8 +51,6 @@ from vdcore.spec import ModelPlan, SpecError, plan_model
 from vdcore.weights import check_weights, load_weights, save_weights
 
 ARTIFACTS = ("model.onnx", "baseline.onnx", "report.json", "weights.safetensors")
-# The stages that train, in the order they run: each has its history, resume point and time in the report.
-TRAINING_STAGES = ("pretraining", "training", "finetuning")
 
 
 class JobError(ValueError):
@@ -77,8 +85,6 @@ class Prepared:
     plan: ModelPlan
     dataset: Dataset
 
-
-Progress = Callable[[dict[str, Any]], bool | None]
 
 # ``prepare``'s argument for each of ``load_npz``'s limits.
 _DATASET_LIMITS = {"max_bytes": "max_dataset_bytes", "max_samples": "max_dataset_samples"}
@@ -145,14 +151,9 @@ def prepare(
     return Prepared(plan, split_validation(dataset, job.options.val_fraction, job.options.seed))
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
-
-
-def _file_sizes(path: Path) -> dict[str, int]:
+def _file_size(path: Path) -> FileSize:
     raw = path.read_bytes()
-    return {"bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9))}
+    return FileSize(bytes=len(raw), gzip_bytes=len(gzip.compress(raw, compresslevel=9)))
 
 
 def _start_from_scratch(model: nn.Module) -> None:
@@ -169,20 +170,27 @@ def _start_from_scratch(model: nn.Module) -> None:
 def run(
     job: JobInput,
     out_dir: str | os.PathLike[str],
-    on_progress: Progress | None = None,
+    *,
+    on_progress: OnProgress | None = None,
+    should_stop: ShouldStop | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
+) -> Report:
     """Compress one model and write ``ARTIFACTS`` and the plots named in the report into ``out_dir``; returns
     the report.
 
-    ``on_progress`` receives stage and epoch events; returning ``True`` cancels the job (``Cancelled``). With
-    ``checkpoint_dir``, training saves every epoch there and a rerun of the same job resumes from the last
-    one (the report's ``resumed_after_epoch`` says where).
+    ``on_progress`` receives each stage as it starts and each epoch as it ends; ``should_stop`` is asked after
+    both, and ``True`` cancels the job (``Cancelled``). With ``checkpoint_dir``, training saves every epoch there
+    and a rerun of the same job resumes from the last one (the report's ``resumed_after_epoch`` says where).
     """
-    stages = _Stages(on_progress, None if checkpoint_dir is None else Path(checkpoint_dir))
+    options, data = job.options, prepare(job)
+    planned = {
+        Stage.PRETRAINING: options.pretrain_epochs if job.weights is None else 0,
+        Stage.TRAINING: options.epochs,
+        Stage.FINETUNING: options.finetune_epochs,
+    }
+    stages = _Stages(planned, on_progress, should_stop, None if checkpoint_dir is None else Path(checkpoint_dir))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    options, data = job.options, prepare(job)
     device = vdcore.resolve_device(options.device)
     torch.manual_seed(options.seed)
     model = data.plan.build()
@@ -192,13 +200,13 @@ def run(
     if job.weights is not None:
         load_weights(model, job.weights)
     elif options.pretrain_epochs:
-        with stages.stage("pretraining"):
+        with stages.stage(Stage.PRETRAINING):
             stages.fit(model, data, options.train_config(options.pretrain_epochs))
     model.to(device).eval()
     accuracy_before = vdcore.evaluate(model, evaluation)
     baseline = vdcore.export_onnx(model, out / "baseline.onnx", example)
 
-    with stages.stage("training"):
+    with stages.stage(Stage.TRAINING):
         vdcore.sparsify_(model, options.svd_config())
         if job.weights is None and not options.pretrain_epochs:
             _start_from_scratch(model)
@@ -207,101 +215,111 @@ def run(
     if options.structured and options.unit_multiple > 1:
         vdcore.round_units_(pruned, example, options.unit_multiple)
     if options.finetune_epochs:
-        with stages.stage("finetuning"):
+        with stages.stage(Stage.FINETUNING):
             stages.fit(pruned, data, options.finetune_config(), partial(vdcore.finetune, hold=options.hold()))
 
-    with stages.stage("exporting"):
+    with stages.stage(Stage.EXPORTING):
         pruned = pruned.cpu()
         save_weights(pruned, out / "weights.safetensors")
-    with stages.stage("measuring"):
+    with stages.stage(Stage.MEASURING):
         fastest = export_fastest(pruned, example, baseline, out)
-        accuracy = {"before": accuracy_before, "after": vdcore.evaluate(fastest.model, evaluation)}
+        accuracy = Accuracy(before=accuracy_before, after=vdcore.evaluate(fastest.model, evaluation))
     report = _report(data, options, device, stages, pruned, baseline, fastest, accuracy)
-    report["plots"] = draw_plots(report, pruned, data.plan.input_shape, out)
-    _write_json(out / "report.json", report)
+    report.plots = draw_plots(report.history, report.layers, report.units, pruned, data.plan.input_shape, out)
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(report.to_json())
     return report
 
 
 class _Stages:
-    """A run's stages: each announced to ``on_progress`` as it starts (which may cancel the job there), its
-    epochs reported as they end and checkpointed, and the training stages timed, for the report."""
+    """A run's stages: each announced to ``on_progress`` as it starts, its epochs reported as they end and
+    checkpointed, ``should_stop`` asked after each, and the training stages timed, for the report."""
 
-    def __init__(self, on_progress: Progress | None, checkpoints: Path | None) -> None:
-        self.on_progress, self.checkpoints = on_progress, checkpoints
+    def __init__(
+        self, planned: dict[Stage, int], on_progress: OnProgress | None, should_stop: ShouldStop | None,
+        checkpoints: Path | None,
+    ) -> None:
+        self.planned, self.checkpoints = planned, checkpoints
+        self.on_progress = on_progress or (lambda progress: None)
+        self.should_stop = should_stop or (lambda: False)
         if checkpoints is not None:
             checkpoints.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
-        self.current = ""
-        self.history: dict[str, list[dict[str, Any]]] = {name: [] for name in TRAINING_STAGES}
+        self.current = Stage.PRETRAINING
+        self.history: dict[Stage, list[vdcore.EpochMetrics]] = {stage: [] for stage in TRAINING_STAGES}
         self.resumed = dict.fromkeys(TRAINING_STAGES, 0)
         self.timings: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self.on_progress is not None and self.on_progress({"stage": name}):
+    def stage(self, stage: Stage) -> Iterator[None]:
+        self.on_progress(Progress(stage=stage))
+        if self.should_stop():
             raise Cancelled
-        self.current, mark = name, time.perf_counter()
+        self.current, mark = stage, time.perf_counter()
         yield
-        if name in TRAINING_STAGES:
-            self.timings[f"{name}_s"] = time.perf_counter() - mark
+        if stage in TRAINING_STAGES:
+            self.timings[f"{stage}_s"] = time.perf_counter() - mark
 
     def fit(
         self, model: nn.Module, data: Prepared, config: TrainConfig,
         fit: Callable[..., list[vdcore.EpochMetrics]] = vdcore.train,
     ) -> None:
         """Train the current stage with ``fit`` (``vdcore.train`` or ``vdcore.finetune``), reporting each epoch
-        as a progress event (a truthy answer cancels) and, with checkpoints, saving it so that a rerun of the
-        job resumes after the last one."""
-        stage, new_epochs, cancelled = self.current, 0, False
+        and, with checkpoints, saving it so that a rerun of the job resumes after the last one."""
+        stage, new_epochs, stopped = self.current, 0, False
+        later = TRAINING_STAGES[TRAINING_STAGES.index(stage) + 1 :]
+        later_epochs = sum(self.planned[after] for after in later)
 
-        def on_epoch(metrics: vdcore.EpochMetrics) -> bool:
-            nonlocal new_epochs, cancelled
+        def on_epoch(metrics: vdcore.EpochMetrics) -> None:
+            nonlocal new_epochs
             new_epochs += 1
-            cancelled = bool(self.on_progress and self.on_progress({"stage": stage, **metrics.to_dict()}))
-            return cancelled
+            self.on_progress(Progress.of_epoch(stage, metrics, later_epochs))
+
+        def should_stop() -> bool:
+            nonlocal stopped
+            stopped = self.should_stop()
+            return stopped
 
         checkpoint = None if self.checkpoints is None else self.checkpoints / f"{stage}.ckpt"
-        history = fit(model, data.dataset.train, data.dataset.val, config, on_epoch=on_epoch, checkpoint=checkpoint)
-        if cancelled:
+        history = fit(
+            model, data.dataset.train, data.dataset.val, config,
+            on_epoch=on_epoch, checkpoint=checkpoint, should_stop=should_stop,
+        )
+        if stopped:
             raise Cancelled
-        self.history[stage] = [metrics.to_dict() for metrics in history]
+        self.history[stage] = history
         self.resumed[stage] = len(history) - new_epochs
 
 
 def _report(
     data: Prepared, options: JobOptions, device: torch.device, stages: _Stages, pruned: nn.Sequential,
-    baseline: ExportResult, fastest: Fastest, accuracy: dict[str, float],
-) -> dict[str, Any]:
-    """``report.json``: what went in, what came out, how it was measured."""
+    baseline: ExportResult, fastest: Fastest, accuracy: Accuracy,
+) -> Report:
+    """What went in, what came out, how it was measured."""
     sparse_report = vdcore.sparsity_report(pruned)
-    return {
-        "model": {
-            "input_shape": list(data.plan.input_shape),
-            "num_classes": data.plan.num_classes,
-            "parameters": data.plan.parameters,
-        },
-        "dataset": {
-            "name": data.dataset.name,
-            "train_examples": len(data.dataset.x),
-            "val_examples": len((data.dataset.val or data.dataset.train)[0]),
-        },
-        "options": options.model_dump(),
-        "device": str(device),
-        "accuracy": accuracy,
-        "compression": sparse_report.compression,
-        "sparsity": sparse_report.sparsity,
-        "weights": {"before": sparse_report.weights, "nonzero_after": sparse_report.nonzero},
-        "units": {"before": layer_widths(pruned), "after": fastest.units},
-        "input_gather": fastest.input_gather,
-        "channel_multiple": fastest.channel_multiple,
-        "layers": sparse_report.to_dict()["layers"],
-        "files": {
-            "baseline.onnx": _file_sizes(baseline.path),
-            "model.onnx": _file_sizes(fastest.export.path),
-        },
-        "onnx_parity_max_abs_diff": {"baseline": baseline.max_abs_diff, "model": fastest.export.max_abs_diff},
-        "latency": fastest.latency,
-        "history": stages.history,
-        "resumed_after_epoch": stages.resumed,
-        "timings": {**stages.timings, "total_s": time.perf_counter() - stages.started},
-    }
+    return Report(
+        model=ModelFacts(
+            input_shape=list(data.plan.input_shape), num_classes=data.plan.num_classes,
+            parameters=data.plan.parameters,
+        ),
+        dataset=DatasetFacts(
+            name=data.dataset.name, train_examples=len(data.dataset.x),
+            val_examples=len((data.dataset.val or data.dataset.train)[0]),
+        ),
+        options=options,
+        device=str(device),
+        accuracy=accuracy,
+        compression=sparse_report.compression,
+        sparsity=sparse_report.sparsity,
+        weights=WeightCounts(before=sparse_report.weights, nonzero_after=sparse_report.nonzero),
+        units=Units(before=layer_widths(pruned), after=fastest.units),
+        input_gather=fastest.input_gather,
+        channel_multiple=fastest.channel_multiple,
+        layers=sparse_report.to_dict()["layers"],
+        files={"baseline.onnx": _file_size(baseline.path), "model.onnx": _file_size(fastest.export.path)},
+        onnx_parity_max_abs_diff=Parity(baseline=baseline.max_abs_diff, model=fastest.export.max_abs_diff),
+        latency=fastest.latency,
+        history=stages.history,
+        resumed_after_epoch=stages.resumed,
+        timings={**stages.timings, "total_s": time.perf_counter() - stages.started},
+    )

@@ -7,9 +7,8 @@ is touched (safe in worker processes and threads).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +17,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from torch import nn
 
+from recipe.progress import Stage
+from recipe.report import LayerFacts, Units
 from vdcore.files import atomic_path
+from vdcore.train import EpochMetrics
 
 DPI = 100
 TRAINING_CURVES, LAYER_SPARSITY, INPUT_RELEVANCE = "training_curves.png", "layer_sparsity.png", "input_relevance.png"
@@ -30,20 +32,21 @@ PRETRAIN_ALPHA = 0.35
 _PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout)
 
 
-def draw_plots(report: dict, pruned: nn.Module, input_shape: tuple[int, ...], out_dir: Path) -> list[str]:
-    """Write the job's PNG figures into ``out_dir`` and return the file names written, in order.
+def draw_plots(
+    history: Mapping[Stage, list[EpochMetrics]], layers: list[LayerFacts], units: Units, pruned: nn.Module,
+    input_shape: tuple[int, ...], out_dir: Path,
+) -> list[str]:
+    """Write a job's PNG figures into ``out_dir`` and return the file names written, in order.
 
-    ``training_curves.png`` and ``layer_sparsity.png`` are always drawn; ``input_relevance.png`` only for
-    image inputs (``(C, H, W)``) whose first weight layer is a Linear reading the flattened pixels.
+    ``training_curves.png`` (``history``) and ``layer_sparsity.png`` (``layers``, ``units``: the report's) are
+    always drawn; ``input_relevance.png`` only for image inputs (``(C, H, W)``) whose first weight layer is a
+    Linear reading the flattened pixels.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    history = report.get("history") or {}
-    _save(_training_curves(history.get("pretraining") or [], history.get("training") or []), out, TRAINING_CURVES)
-    written.append(TRAINING_CURVES)
-    _save(_layer_sparsity(report.get("layers") or [], report.get("units") or {}), out, LAYER_SPARSITY)
-    written.append(LAYER_SPARSITY)
+    _save(_training_curves(history.get(Stage.PRETRAINING, []), history.get(Stage.TRAINING, [])), out, TRAINING_CURVES)
+    _save(_layer_sparsity(layers, units), out, LAYER_SPARSITY)
+    written = [TRAINING_CURVES, LAYER_SPARSITY]
     relevance = input_relevance(pruned, tuple(input_shape))
     if relevance is not None:
         _save(_relevance_figure(relevance), out, INPUT_RELEVANCE)
@@ -83,22 +86,22 @@ def _save(fig: Figure, out: Path, name: str) -> None:
         fig.clear()
 
 
-def _series(rows: Sequence[dict[str, Any]], key: str, offset: int, scale: float = 1.0, positive: bool = False):
+def _series(rows: Sequence[EpochMetrics], key: str, offset: int, scale: float = 1.0, positive: bool = False):
     """x (epoch + offset) and y of the rows where ``key`` is a finite number (and > 0 if ``positive``)."""
     xs, ys = [], []
     for row in rows:
-        value = row.get(key)
+        value = getattr(row, key)
         if value is None or not math.isfinite(value) or (positive and value <= 0):
             continue
-        xs.append(row["epoch"] + offset)
+        xs.append(row.epoch + offset)
         ys.append(value * scale)
     return xs, ys
 
 
-def _training_curves(pretraining: list[dict[str, Any]], training: list[dict[str, Any]]) -> Figure:
+def _training_curves(pretraining: list[EpochMetrics], training: list[EpochMetrics]) -> Figure:
     fig = Figure(figsize=(11, 7.5), layout="constrained")
     axes = fig.subplots(2, 2, sharex=True)
-    offset = max((row["epoch"] for row in pretraining), default=0)
+    offset = max((row.epoch for row in pretraining), default=0)
     panels = [
         (axes[0, 0], "Data loss (cross-entropy)", "loss", [("data_loss", "train", TRAIN_COLOUR, 1.0, False)]),
         (axes[0, 1], "KL divergence (log scale)", "KL", [("kl", "KL", TRAIN_COLOUR, 1.0, True)]),
@@ -147,12 +150,12 @@ def _training_curves(pretraining: list[dict[str, Any]], training: list[dict[str,
     return fig
 
 
-def _layer_sparsity(layers: list[dict[str, Any]], units: dict[str, list[int]]) -> Figure:
+def _layer_sparsity(layers: list[LayerFacts], units: Units) -> Figure:
     fig = Figure(figsize=(11, 4.8), layout="constrained")
     left, right = fig.subplots(1, 2)
-    names = [_layer_label(layer, i) for i, layer in enumerate(layers)]
+    names = [_layer_label(layer) for layer in layers]
     positions = np.arange(len(layers))
-    kept = [layer["nonzero"] / layer["weights"] if layer.get("weights") else 0.0 for layer in layers]
+    kept = [layer.nonzero / layer.weights if layer.weights else 0.0 for layer in layers]
     # Fully-dropped layers get a tiny bar so the log axis still shows them.
     floor = min([k for k in kept if k > 0], default=1.0) / 10
     bars = left.bar(positions, [max(k, floor) for k in kept], color=TRAIN_COLOUR)
@@ -162,7 +165,7 @@ def _layer_sparsity(layers: list[dict[str, Any]], units: dict[str, list[int]]) -
     left.axhline(1.0, color="grey", linestyle=":", linewidth=1)
     for bar, layer, kept_fraction in zip(bars, layers, kept, strict=True):
         left.annotate(
-            f"{layer['nonzero']:,} of {layer['weights']:,}\n({kept_fraction:.1%})",
+            f"{layer.nonzero:,} of {layer.weights:,}\n({kept_fraction:.1%})",
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
             xytext=(0, 3),
             textcoords="offset points",
@@ -176,7 +179,7 @@ def _layer_sparsity(layers: list[dict[str, Any]], units: dict[str, list[int]]) -
     left.set_xlabel("layer")
     left.grid(True, axis="y", alpha=0.3, which="both")
 
-    before, after = list(units.get("before") or []), list(units.get("after") or [])
+    before, after = list(units.before), list(units.after)
     count = max(len(before), len(after))
     if count:
         positions = np.arange(count)
@@ -200,11 +203,9 @@ def _layer_sparsity(layers: list[dict[str, Any]], units: dict[str, list[int]]) -
     return fig
 
 
-def _layer_label(layer: dict[str, Any], index: int) -> str:
+def _layer_label(layer: LayerFacts) -> str:
     """``"1: Linear\\n300×64"``: the layer's name in the model, its kind and weight shape."""
-    label = f"{layer.get('name', index)}: {layer.get('kind', 'layer')}"
-    shape = layer.get("shape")
-    return f"{label}\n{'×'.join(str(d) for d in shape)}" if shape else label
+    return f"{layer.name}: {layer.kind}\n{'×'.join(str(d) for d in layer.shape)}"
 
 
 def _relevance_figure(relevance: np.ndarray) -> Figure:

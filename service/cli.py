@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as ProgressBars
 from rich.table import Table
 
 from recipe.options import JobOptions, add_option_flags, given_options
 from recipe.pipeline import ARTIFACTS, JobError, JobInput, run
+from recipe.progress import Progress
+from recipe.report import Report
 from service.client import ApiError, Client
 from service.states import FINISHED, JobState
 from vdcore.presets import PRESETS
@@ -54,7 +57,7 @@ class _LiveView:
     """Progress events drawn as a rich progress bar with loss, KL, accuracy and sparsity."""
 
     def __init__(self) -> None:
-        self.progress = Progress(
+        self.progress = ProgressBars(
             TextColumn("{task.description:<11}"),
             BarColumn(bar_width=12),
             TextColumn("{task.completed:.0f}/{task.total:.0f}"),
@@ -65,37 +68,37 @@ class _LiveView:
         self.tasks: dict[str, tuple[TaskID, int]] = {}  # stage -> (bar, epochs)
         self.stage: str | None = None
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, progress: Progress) -> None:
         """Takes the pipeline's events and, when watching a server, its polled progress (repeats are fine)."""
-        stage = event["stage"]
+        stage = progress.stage
         if stage != self.stage and stage not in self.tasks:
             console.log(f"[bold]{stage}[/bold]")
             for task, total in self.tasks.values():  # a stage that ended did all its epochs, seen or not
                 self.progress.update(task, completed=total)
         self.stage = stage
-        if event.get("epoch") is None:
+        if progress.epoch is None or progress.epochs is None:
             return
         if stage not in self.tasks:
-            self.tasks[stage] = (self.progress.add_task(stage, total=event["epochs"], stats=""), event["epochs"])
-        val = event["val_accuracy"]
+            self.tasks[stage] = (self.progress.add_task(stage, total=progress.epochs, stats=""), progress.epochs)
+        val = progress.val_accuracy
         stats = (
-            f"loss {event['data_loss']:.3f} kl {event['kl']:.3g} acc {event['train_accuracy']:.3f}"
+            f"loss {progress.data_loss:.3f} kl {progress.kl:.3g} acc {progress.train_accuracy:.3f}"
             + (f"/{val:.3f}" if val is not None else "")
-            + f" sparsity {event['sparsity']:.1%}"
+            + f" sparsity {progress.sparsity:.1%}"
         )
-        self.progress.update(self.tasks[stage][0], completed=event["epoch"], stats=stats)
+        self.progress.update(self.tasks[stage][0], completed=progress.epoch, stats=stats)
 
 
-def _print_summary(report: dict[str, Any], out: Path) -> None:
+def _print_summary(report: Report, out: Path) -> None:
     table = Table(title="compression", show_header=False)
-    table.add_row("accuracy", f"{report['accuracy']['before']:.4f} -> {report['accuracy']['after']:.4f}")
-    table.add_row("compression", f"{report['compression']:.1f}x ({report['sparsity']:.2%} of weights dropped)")
-    table.add_row("units", f"{report['units']['before']} -> {report['units']['after']}")
-    files = report["files"]
-    table.add_row("ONNX bytes", f"{files['baseline.onnx']['bytes']:,} -> {files['model.onnx']['bytes']:,}")
-    for name, row in report["latency"].items():
+    table.add_row("accuracy", f"{report.accuracy.before:.4f} -> {report.accuracy.after:.4f}")
+    table.add_row("compression", f"{report.compression:.1f}x ({report.sparsity:.2%} of weights dropped)")
+    table.add_row("units", f"{report.units.before} -> {report.units.after}")
+    files = report.files
+    table.add_row("ONNX bytes", f"{files['baseline.onnx'].bytes:,} -> {files['model.onnx'].bytes:,}")
+    for name, row in report.latency.items():
         table.add_row(
-            f"latency {name}", f"{row['baseline_ms']:.3f} -> {row['compressed_ms']:.3f} ms ({row['speedup']:.2f}x)"
+            f"latency {name}", f"{row.baseline_ms:.3f} -> {row.compressed_ms:.3f} ms ({row.speedup:.2f}x)"
         )
     table.add_row("artifacts", ", ".join(str(out / name) for name in ARTIFACTS))
     Console().print(table)
@@ -145,7 +148,7 @@ def _watch(client: Client, job_id: str, interval: float = 1.0) -> int:
     with view.progress:
         while (job := client.job(job_id))["state"] not in FINISHED:
             if job["progress"]:
-                view(job["progress"])
+                view(Progress.model_validate(job["progress"]))
             time.sleep(interval)
     if job["state"] != JobState.SUCCEEDED:
         return _fail(f"job {job_id} {job['state']}" + (f": {job['error']}" if job["error"] else ""))

@@ -17,7 +17,6 @@ another process may have just changed the job.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,13 +25,14 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from recipe.progress import Progress, Stage
 from service.errors import JobConflict, NotFound
 from service.models import Job, JobRequest, new_id, utcnow
 from service.states import ENTERED_FROM, FINISHED, JobState
 
-# The pipeline's training stages in the order they run, each with the job option that counts its epochs.
-_STAGE_EPOCHS = {"pretraining": "pretrain_epochs", "training": "epochs", "finetuning": "finetune_epochs"}
-
+REQUEUED = Progress(
+    stage=Stage.REQUEUED, reason="its worker stopped responding; it resumes from its last saved epoch"
+)
 
 def create_job(
     *,
@@ -212,8 +212,7 @@ def requeue_orphans(*, session: Session, now: datetime) -> list[str]:
             session, Job.id == job_id, Job.state.in_(ENTERED_FROM[JobState.QUEUED]), Job.lease_expires_at < now,
             state=JobState.QUEUED, lease_expires_at=None, updated_at=now, dispatched_at=now,
             dispatches=Job.dispatches + 1,
-            progress={"stage": "requeued", "reason": "its worker stopped responding; it resumes from its last saved "
-                      "epoch"},
+            progress=REQUEUED.model_dump(mode="json", exclude_none=True),
         ):
             requeued.append(job_id)
     return requeued
@@ -259,36 +258,20 @@ def request_cancel(*, session: Session, owner: str, job_id: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def is_cancel_requested(*, session: Session, job_id: str) -> bool:
-    """Whether a worker should stop: a cancel was requested, or the job is gone or already finished."""
-    row = session.execute(select(Job.cancel_requested, Job.state).where(Job.id == job_id)).first()
-    return row is None or row.cancel_requested or row.state in FINISHED
-
-
-def record_progress(*, session: Session, job_id: str, event: Mapping[str, Any], attempt: int | None = None) -> bool:
-    """Store a pipeline progress event as the running job's progress; returns whether the worker should stop
-    (a cancel was requested, or, given ``attempt``, the job is no longer this attempt's).
-
-    The result suits ``recipe.pipeline.run``'s ``on_progress``, where a truthy answer cancels the run. An
-    epoch event (``epoch``, ``epochs``, ``seconds``, metrics) gets an ``eta_seconds``; a stage event (only
-    ``stage``) clears the previous stage's metrics.
-    """
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is None:
-        return True
-    progress = _clean(dict(event) if "epoch" in event else {"stage": event["stage"]})
-    if "epoch" in event and isinstance(event.get("seconds"), int | float):
-        remaining = event["epochs"] - event["epoch"]
-        stages = list(_STAGE_EPOCHS)
-        later = stages[stages.index(event["stage"]) + 1 :] if event["stage"] in _STAGE_EPOCHS else []
-        remaining += sum(job.request["options"].get(_STAGE_EPOCHS[stage], 0) for stage in later)
-        progress["eta_seconds"] = event["seconds"] * remaining
-    recorded = _update_where(
-        session, *_this_attempt(job_id, {JobState.RUNNING}, attempt), progress=progress, updated_at=utcnow()
+def should_stop(*, session: Session, job_id: str, attempt: int | None = None) -> bool:
+    """Whether a worker should stop the job: a cancel was requested, the job is gone or no longer running, or,
+    given ``attempt``, another attempt has taken it over."""
+    row = session.execute(select(Job.cancel_requested, Job.state, Job.attempts).where(Job.id == job_id)).first()
+    return (
+        row is None or row.cancel_requested or row.state != JobState.RUNNING
+        or (attempt is not None and row.attempts != attempt)
     )
-    return not recorded or is_cancel_requested(session=session, job_id=job_id)
 
 
-def _clean(values: dict[str, Any]) -> dict[str, Any]:
-    """NaN and infinities become null: JSON has no such numbers, and PostgreSQL refuses them."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
+def record_progress(*, session: Session, job_id: str, progress: Progress, attempt: int | None = None) -> bool:
+    """Store ``progress`` as the running job's (given ``attempt``, only while it is that attempt's); returns
+    whether it was stored."""
+    return _update_where(
+        session, *_this_attempt(job_id, {JobState.RUNNING}, attempt),
+        progress=progress.model_dump(mode="json", exclude_none=True), updated_at=utcnow(),
+    )

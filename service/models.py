@@ -30,6 +30,7 @@ from sqlalchemy.types import TypeDecorator
 
 from recipe.options import JobOptions
 from recipe.pipeline import JobInput
+from recipe.progress import Progress
 from service.states import JobState
 
 # The column's check constraint, as the migrations wrote it.
@@ -182,22 +183,6 @@ class JobRequest(BaseModel):
             weights=None if weights is None else str(weights),
             options=self.options,
         )
-
-
-class Progress(BaseModel):
-    """The latest progress event of a running job: its stage and, while training, the epoch's metrics."""
-
-    stage: str
-    epoch: int | None = None
-    epochs: int | None = None
-    data_loss: float | None = None
-    kl: float | None = None
-    kl_weight: float | None = None
-    train_accuracy: float | None = None
-    val_accuracy: float | None = None
-    sparsity: float | None = None
-    compression: float | None = None
-    eta_seconds: float | None = Field(None, description="estimated seconds until training ends")
 
 
 class Upload(BaseModel):

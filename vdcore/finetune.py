@@ -18,7 +18,7 @@ from torch.nn.utils import prune
 
 from vdcore.config import TrainConfig
 from vdcore.sparsify import is_sparsified
-from vdcore.train import Data, EpochMetrics, OnEpoch, train
+from vdcore.train import Data, EpochMetrics, OnEpoch, ShouldStop, train
 
 MASKED_LAYERS = (nn.Linear, nn.Conv2d)
 Hold = Literal["weights", "units"]
@@ -48,6 +48,7 @@ def finetune(
     config: TrainConfig | None = None,
     on_epoch: OnEpoch | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    should_stop: ShouldStop | None = None,
     hold: Hold = "weights",
 ) -> list[EpochMetrics]:
     """Train a pruned plain network (``vdcore.prune``'s result) on the data term, in place, its linear and conv
@@ -65,7 +66,7 @@ def finetune(
         for layer in layers:
             prune.custom_from_mask(layer, "weight", held_mask(layer.weight, hold))
     try:
-        return train(model, train_data, val, config, on_epoch=on_epoch, checkpoint=checkpoint)
+        return train(model, train_data, val, config, on_epoch, checkpoint, should_stop)
     finally:
         for layer in layers:
             prune.remove(layer, "weight")

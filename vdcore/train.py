@@ -42,7 +42,8 @@ class EpochMetrics:
         return asdict(self)
 
 
-OnEpoch = Callable[[EpochMetrics], bool | None]
+OnEpoch = Callable[[EpochMetrics], None]
+ShouldStop = Callable[[], bool]
 
 
 def kl_weight(progress: float, config: TrainConfig) -> float:
@@ -140,12 +141,14 @@ def train(
     config: TrainConfig | None = None,
     on_epoch: OnEpoch | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> list[EpochMetrics]:
     """Train ``model`` on the negative ELBO and return the metrics of each epoch.
 
-    ``train`` and ``val`` are ``(x, y)`` tensors or DataLoaders. ``on_epoch`` gets each epoch's metrics;
-    returning ``True`` stops training after that epoch. A model without Sparse VD layers trains on the data
-    term alone, which is how a dense baseline is made. The model is moved to the configured device.
+    ``train`` and ``val`` are ``(x, y)`` tensors or DataLoaders. ``on_epoch`` gets each epoch's metrics; then
+    training stops early if ``should_stop()`` says so (the history is then shorter than ``config.epochs``). A
+    model without Sparse VD layers trains on the data term alone, which is how a dense baseline is made. The
+    model is moved to the configured device.
 
     With ``checkpoint`` (a file path), the model, optimizer, random states and history are saved there after
     every epoch, and a run that finds the file resumes after its last epoch: an interrupted run continued
@@ -225,7 +228,9 @@ def train(
                 "rng": _rng_states(device, generator),
                 "history": [m.to_dict() for m in history],
             })
-        if on_epoch is not None and on_epoch(metrics):
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if should_stop is not None and should_stop():
             break
     model.eval()
     return history

@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import time
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from recipe.pipeline import Cancelled, JobError, run
+from recipe.progress import Progress
 from service import jobs
 from service.core.config import Settings
 from service.errors import JobConflict
@@ -85,24 +85,34 @@ def execute_job(job_id: str, *, sessions: sessionmaker[Session], storage: Storag
         ) as lease:
             started = time.monotonic()
 
-            def on_progress(event: dict[str, Any]) -> bool:
-                if lease.lost:
-                    return True
+            def on_progress(progress: Progress) -> None:
+                try:
+                    jobs.record_progress(session=session, job_id=job_id, progress=progress, attempt=attempt)
+                except SQLAlchemyError as error:  # progress is best effort: training goes on
+                    session.rollback()
+                    logger.warning("could not record the progress of job %s: %s", job_id, error)
+
+            def should_stop() -> bool:
+                """A cancel, or the job taken over; past the time limit a job fails instead (``JobError``)."""
                 if time.monotonic() - started > settings.job_time_limit_s:
                     raise JobError(
                         f"the job ran longer than the {settings.job_time_limit_s} s a job may run; train fewer "
                         "epochs or a smaller model"
                     )
+                if lease.lost:
+                    return True
                 try:
-                    return jobs.record_progress(session=session, job_id=job_id, event=event, attempt=attempt)
-                except SQLAlchemyError as error:  # progress is best effort: training goes on
+                    return jobs.should_stop(session=session, job_id=job_id, attempt=attempt)
+                except SQLAlchemyError as error:  # the lease decides once the database answers again
                     session.rollback()
-                    logger.warning("could not record the progress of job %s: %s", job_id, error)
+                    logger.warning("could not ask whether job %s should stop: %s", job_id, error)
                     return False
 
             try:
-                run(job_input, storage.partial_artifact_dir(job_id, attempt), on_progress,
-                    storage.job_checkpoint_dir(job_id))
+                run(
+                    job_input, storage.partial_artifact_dir(job_id, attempt), on_progress=on_progress,
+                    should_stop=should_stop, checkpoint_dir=storage.job_checkpoint_dir(job_id),
+                )
             except Cancelled:
                 return Outcome.LOST if lease.lost else end(JobState.CANCELLED)
             except JobError as error:

@@ -19,6 +19,8 @@ from recipe.pipeline import (
     prepare,
     run,
 )
+from recipe.progress import TRAINING_STAGES, Progress, Stage
+from recipe.report import ModelFacts, Report
 from vdcore.data import load_digits
 from vdcore.export import onnx_session
 from vdcore.layout import export_fastest
@@ -34,26 +36,43 @@ FAST = JobOptions(epochs=4, pretrain_epochs=2, finetune_epochs=2, batch_size=50,
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("job")
     events = []
-    report = run(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=FAST), out, events.append)
+    report = run(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=FAST), out,
+                 on_progress=events.append)
     return out, report, events
 
 
 def test_artifacts_and_report(finished):
     out, report, _ = finished
-    assert report["plots"] == ["training_curves.png", "layer_sparsity.png", "input_relevance.png"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*ARTIFACTS, *report["plots"]])
-    assert json.loads((out / "report.json").read_text()) == report
-    assert report["model"] == {"input_shape": [1, 8, 8], "num_classes": 10, "parameters": 50_610}
-    assert report["weights"]["before"] == 50_200
-    assert report["compression"] == pytest.approx(50_200 / report["weights"]["nonzero_after"])
-    assert [layer["weights"] for layer in report["layers"]] == [19_200, 30_000, 1_000]
-    assert report["units"]["before"] == [300, 100, 10]
-    assert set(report["latency"]) == {"batch_1", "batch_100"}
-    assert report["files"]["model.onnx"]["bytes"] == (out / "model.onnx").stat().st_size
-    history = report["history"]
-    assert [len(history[stage]) for stage in ("pretraining", "training", "finetuning")] == [2, 4, 2]
-    assert report["compression"] == pytest.approx(history["finetuning"][-1]["compression"])
-    assert report["compression"] == pytest.approx(history["training"][-1]["compression"]), "fine-tuning keeps zeros"
+    assert report.plots == ["training_curves.png", "layer_sparsity.png", "input_relevance.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*ARTIFACTS, *report.plots])
+    assert Report.model_validate_json((out / "report.json").read_text()) == report
+    assert report.model == ModelFacts(input_shape=[1, 8, 8], num_classes=10, parameters=50_610)
+    assert report.weights.before == 50_200
+    assert report.compression == pytest.approx(50_200 / report.weights.nonzero_after)
+    assert [layer.weights for layer in report.layers] == [19_200, 30_000, 1_000]
+    assert report.units.before == [300, 100, 10]
+    assert set(report.latency) == {"batch_1", "batch_100"}
+    assert report.files["model.onnx"].bytes == (out / "model.onnx").stat().st_size
+    history = report.history
+    assert [len(history[stage]) for stage in TRAINING_STAGES] == [2, 4, 2]
+    assert report.compression == pytest.approx(history[Stage.FINETUNING][-1].compression)
+    assert report.compression == pytest.approx(history[Stage.TRAINING][-1].compression), "fine-tuning keeps zeros"
+
+
+def test_report_json_keeps_its_fields_and_plain_json(finished):
+    """The typed report writes the JSON the dict literal wrote: the same fields, stages as plain strings."""
+    out, _, _ = finished
+    written = json.loads((out / "report.json").read_text())
+    assert list(written) == [
+        "model", "dataset", "options", "device", "accuracy", "compression", "sparsity", "weights", "units",
+        "input_gather", "channel_multiple", "layers", "files", "onnx_parity_max_abs_diff", "latency", "history",
+        "resumed_after_epoch", "timings", "plots",
+    ]
+    assert written["options"] == FAST.model_dump()
+    assert list(written["history"]) == ["pretraining", "training", "finetuning"]
+    assert set(written["history"]["training"][0]) == set(Progress.model_fields) - {"stage", "eta_seconds", "reason"}
+    assert written["latency"]["batch_1"].keys() == {"baseline_ms", "compressed_ms", "speedup"}
+    assert written["files"]["model.onnx"].keys() == {"bytes", "gzip_bytes"}
 
 
 def test_exported_model_has_the_reported_accuracy_in_onnxruntime(finished):
@@ -62,7 +81,7 @@ def test_exported_model_has_the_reported_accuracy_in_onnxruntime(finished):
     for name, key in (("model.onnx", "after"), ("baseline.onnx", "before")):
         logits = onnx_session(out / name).run(None, {"input": data.x_val.numpy()})[0]
         accuracy = float(np.mean(logits.argmax(1) == data.y_val.numpy()))
-        assert accuracy == pytest.approx(report["accuracy"][key], abs=1e-9)
+        assert accuracy == pytest.approx(getattr(report.accuracy, key), abs=1e-9)
 
 
 def test_export_fastest_times_both_forms_and_keeps_one(tmp_path):
@@ -104,25 +123,45 @@ def test_the_faster_of_the_two_shrunk_forms_is_kept(finished):
     """With and without a leading Gather of the read pixels: the report says which one model.onnx is."""
     out, report, _ = finished
     ops = {node.op_type for node in onnx.load(out / "model.onnx").graph.node}
-    assert ("Gather" in ops) == report["input_gather"]
+    assert ("Gather" in ops) == report.input_gather
 
 
 def test_progress_events(finished):
     _, _, events = finished
-    stages = [e["stage"] for e in events if "epoch" not in e]
+    stages = [e.stage for e in events if e.epoch is None]
     assert stages == ["pretraining", "training", "finetuning", "exporting", "measuring"]
-    epochs = [e for e in events if e["stage"] == "training" and "epoch" in e]
-    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and all("sparsity" in e for e in epochs)
+    epochs = [e for e in events if e.stage == Stage.TRAINING and e.epoch is not None]
+    assert [e.epoch for e in epochs] == [1, 2, 3, 4] and all(e.sparsity is not None for e in epochs)
+
+
+def test_progress_counts_down_to_the_end_of_training(finished):
+    """The ETA of an epoch event counts the epochs left in its stage and in the training stages after it."""
+    _, _, events = finished
+    left = {(e.stage, e.epoch): e.eta_seconds / e.seconds for e in events if e.epoch is not None}
+    assert left[Stage.PRETRAINING, 1] == pytest.approx(1 + 4 + 2)
+    assert left[Stage.TRAINING, 1] == pytest.approx(3 + 2)
+    assert left[Stage.FINETUNING, 2] == pytest.approx(0)
 
 
 def test_cancel_stops_during_training(tmp_path):
-    def cancel_at_first_training_epoch(event):
-        return event["stage"] == "training" and event.get("epoch") == 1
+    events = []
+
+    def cancel_at_first_training_epoch():
+        return events[-1].stage == Stage.TRAINING and events[-1].epoch == 1
 
     job = JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=FAST)
     with pytest.raises(Cancelled):
-        run(job, tmp_path, cancel_at_first_training_epoch)
+        run(job, tmp_path, on_progress=events.append, should_stop=cancel_at_first_training_epoch)
+    assert events[-1].epoch == 1, "the run stopped after the epoch that was answered"
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_cancel_stops_as_a_stage_starts(tmp_path):
+    events = []
+    job = JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=FAST)
+    with pytest.raises(Cancelled):
+        run(job, tmp_path, on_progress=events.append, should_stop=lambda: True)
+    assert events == [Progress(stage=Stage.PRETRAINING)]
 
 
 def test_user_weights_and_npz_dataset(tmp_path):
@@ -137,8 +176,8 @@ def test_user_weights_and_npz_dataset(tmp_path):
     np.savez(tmp_path / "d.npz", x=data.x.reshape(-1, 64).numpy(), y=data.y.numpy())
     job = JobInput({"spec": spec}, {"npz": str(tmp_path / "d.npz")}, str(tmp_path / "w.safetensors"), FAST)
     report = run(job, tmp_path / "out")
-    assert report["history"]["pretraining"] == []  # weights given: no dense pretraining
-    assert report["dataset"]["val_examples"] == 150  # 10% held out
+    assert report.history[Stage.PRETRAINING] == []  # weights given: no dense pretraining
+    assert report.dataset.val_examples == 150  # 10% held out
 
 
 @pytest.mark.parametrize(
@@ -181,14 +220,14 @@ def test_structured_job_drops_units_and_its_onnx_has_the_reported_accuracy(tmp_p
         report = run(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=options), tmp_path)
     finally:
         torch.set_num_threads(threads)
-    assert report["options"]["structured"] is True
-    assert report["channel_multiple"] in (1, 8, 16)
-    before, after = report["units"]["before"], report["units"]["after"]
+    assert report.options.structured is True
+    assert report.channel_multiple in (1, 8, 16)
+    before, after = report.units.before, report.units.after
     assert before == [300, 100, 10] and after[-1] == 10
     assert all(kept <= total for kept, total in zip(after, before, strict=True)) and sum(after) < sum(before)
-    trained = report["history"]["training"][-1]["compression"]
+    trained = report.history[Stage.TRAINING][-1].compression
     assert trained > 2, "the weights keep their own rates: a structured job compresses too"
-    assert report["compression"] < trained, "fine-tuning that holds only units trains the kept units' zeros"
+    assert report.compression < trained, "fine-tuning that holds only units trains the kept units' zeros"
     data = load_digits()
     logits = onnx_session(tmp_path / "model.onnx").run(None, {"input": data.x_val.numpy()})[0]
-    assert float(np.mean(logits.argmax(1) == data.y_val.numpy())) == pytest.approx(report["accuracy"]["after"])
+    assert float(np.mean(logits.argmax(1) == data.y_val.numpy())) == pytest.approx(report.accuracy.after)

@@ -7,39 +7,32 @@ import torch
 from torch import nn
 
 from recipe.plots import draw_plots, input_relevance
+from recipe.progress import Stage
+from recipe.report import LayerFacts, Units
+from vdcore.train import EpochMetrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _row(epoch: int, val: float | None = 0.8) -> dict:
-    return {
-        "epoch": epoch,
-        "data_loss": 1.0 / epoch,
-        "kl": 1000.0 / epoch,
-        "kl_weight": min(1.0, epoch / 3),
-        "train_accuracy": 0.5 + epoch / 20,
-        "val_accuracy": val,
-        "sparsity": 1 - 1 / epoch,
-        "compression": float(epoch),
-    }
+def _row(epoch: int, val: float | None = 0.8, kl: float | None = None) -> EpochMetrics:
+    return EpochMetrics(
+        epoch=epoch, epochs=4, data_loss=1.0 / epoch, kl=1000.0 / epoch if kl is None else kl,
+        kl_weight=min(1.0, epoch / 3), lr=1e-3, train_accuracy=0.5 + epoch / 20, val_accuracy=val,
+        sparsity=1 - 1 / epoch, compression=float(epoch), seconds=1.0,
+    )
 
 
-def _report(pretraining: list[dict], training: list[dict]) -> dict:
-    return {
-        "history": {"pretraining": pretraining, "training": training},
-        "layers": [
-            {
-                "name": "1",
-                "kind": "Linear",
-                "shape": [16, 64],
-                "weights": 1024,
-                "nonzero": 40,
-                "sparsity": 1 - 40 / 1024,
-            },
-            {"name": "3", "kind": "Linear", "shape": [10, 16], "weights": 160, "nonzero": 0, "sparsity": 1.0},
-        ],
-        "units": {"before": [16, 10], "after": [5, 10]},
-    }
+LAYERS = [
+    LayerFacts(name="1", kind="Linear", shape=[16, 64], weights=1024, nonzero=40, sparsity=1 - 40 / 1024),
+    LayerFacts(name="3", kind="Linear", shape=[10, 16], weights=160, nonzero=0, sparsity=1.0),
+]
+UNITS = Units(before=[16, 10], after=[5, 10])
+
+
+def _plots(pretraining: list[EpochMetrics], training: list[EpochMetrics], model: nn.Module, shape: tuple,
+           out: Path) -> list[str]:
+    history = {Stage.PRETRAINING: pretraining, Stage.TRAINING: training}
+    return draw_plots(history, LAYERS, UNITS, model, shape, out)
 
 
 def _pruned() -> nn.Sequential:
@@ -59,8 +52,7 @@ def _check_png(path: Path) -> None:
 
 
 def test_draws_all_three_plots_for_an_image(tmp_path: Path) -> None:
-    report = _report([_row(e) for e in (1, 2)], [_row(e) for e in (1, 2, 3, 4)])
-    names = draw_plots(report, _pruned(), (1, 8, 8), tmp_path)
+    names = _plots([_row(e) for e in (1, 2)], [_row(e) for e in (1, 2, 3, 4)], _pruned(), (1, 8, 8), tmp_path)
     assert names == ["training_curves.png", "layer_sparsity.png", "input_relevance.png"]
     for name in names:
         _check_png(tmp_path / name)
@@ -84,20 +76,19 @@ def test_relevance_counts_nonzero_columns() -> None:
     ids=["vector-input", "conv-first", "pool-before-linear"],
 )
 def test_no_relevance_plot_without_per_pixel_first_layer(tmp_path: Path, model: nn.Module, shape: tuple) -> None:
-    names = draw_plots(_report([], [_row(1), _row(2)]), model, shape, tmp_path)
+    names = _plots([], [_row(1), _row(2)], model, shape, tmp_path)
     assert names == ["training_curves.png", "layer_sparsity.png"]
     assert not (tmp_path / "input_relevance.png").exists()
 
 
 def test_empty_pretraining_and_missing_validation(tmp_path: Path) -> None:
-    report = _report([], [_row(e, val=None) for e in (1, 2, 3)])
-    names = draw_plots(report, _pruned(), (1, 8, 8), tmp_path / "new")
+    names = _plots([], [_row(e, val=None) for e in (1, 2, 3)], _pruned(), (1, 8, 8), tmp_path / "new")
     for name in names:
         _check_png(tmp_path / "new" / name)
 
 
 def test_single_epoch_with_zero_kl(tmp_path: Path) -> None:
-    row = _row(1) | {"kl": 0.0}
-    names = draw_plots(_report([row], [row]), _pruned(), (1, 8, 8), tmp_path)
+    row = _row(1, kl=0.0)
+    names = _plots([row], [row], _pruned(), (1, 8, 8), tmp_path)
     assert "training_curves.png" in names
     _check_png(tmp_path / "training_curves.png")

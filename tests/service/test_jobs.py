@@ -5,11 +5,14 @@ from datetime import timedelta
 import pytest
 
 from recipe.options import JobOptions
+from recipe.progress import Progress, Stage
 from service import jobs
 from service.errors import JobConflict, NotFound
 from service.models import utcnow
 from service.states import FINISHED, JobState
 from tests.service.conftest import digits_request
+
+TRAINING = Progress(stage=Stage.TRAINING)
 
 
 def new_job(session, owner="alice", **kwargs):
@@ -104,7 +107,9 @@ def test_a_worker_that_lost_its_job_can_no_longer_write_it(session):
     jobs.requeue_orphans(session=session, now=utcnow() + timedelta(seconds=61))
     jobs.claim(session=session, job_id=job.id, lease_s=60)  # attempt 2, on another worker
     assert not jobs.renew_lease(session=session, job_id=job.id, attempt=1, lease_s=60)
-    assert jobs.record_progress(session=session, job_id=job.id, event={"stage": "training"}, attempt=1)
+    assert not jobs.record_progress(session=session, job_id=job.id, progress=TRAINING, attempt=1)
+    assert jobs.should_stop(session=session, job_id=job.id, attempt=1)
+    assert not jobs.should_stop(session=session, job_id=job.id, attempt=2)
     with pytest.raises(JobConflict):
         jobs.finish(session=session, job_id=job.id, state=JobState.SUCCEEDED, attempt=1)
     assert jobs.renew_lease(session=session, job_id=job.id, attempt=2, lease_s=60)
@@ -174,11 +179,11 @@ def test_cancelling_a_queued_job_is_immediate(session):
 def test_cancelling_a_running_job_asks_its_worker_to_stop(session):
     job = new_job(session)
     jobs.claim(session=session, job_id=job.id, lease_s=60)
-    assert not jobs.is_cancel_requested(session=session, job_id=job.id)
+    assert not jobs.should_stop(session=session, job_id=job.id, attempt=1)
     flagged = jobs.request_cancel(session=session, owner="alice", job_id=job.id)
     assert flagged.state == "running" and flagged.cancel_requested
-    assert jobs.is_cancel_requested(session=session, job_id=job.id)
-    assert jobs.record_progress(session=session, job_id=job.id, event={"stage": "training"}) is True
+    assert jobs.should_stop(session=session, job_id=job.id, attempt=1)
+    assert jobs.record_progress(session=session, job_id=job.id, progress=TRAINING), "it still reports as it stops"
     assert jobs.finish(session=session, job_id=job.id, state=JobState.CANCELLED).state == "cancelled"
 
 
@@ -190,43 +195,24 @@ def test_cancelling_a_finished_job_conflicts(session):
         jobs.request_cancel(session=session, owner="alice", job_id=job.id)
 
 
-def test_progress_of_an_epoch_gets_an_eta(session):
+def test_progress_is_stored_as_given_and_a_stage_event_clears_the_previous_stage(session):
     job = new_job(session)
     jobs.claim(session=session, job_id=job.id, lease_s=60)
-    event = {"stage": "training", "epoch": 1, "epochs": 4, "data_loss": 0.5, "kl": float("nan"), "seconds": 2.0,
-             "val_accuracy": None}
-    assert jobs.record_progress(session=session, job_id=job.id, event=event) is False
-    progress = jobs.get_job(session=session, owner="alice", job_id=job.id).progress
-    assert progress["epoch"] == 1 and progress["eta_seconds"] == 2.0 * (3 + JobOptions().finetune_epochs)
-    assert progress["kl"] is None  # NaN is not JSON
-
-
-def test_an_eta_counts_the_stages_still_to_run(session):
-    job = new_job(session)  # 2 training epochs, then the default fine-tuning
-    finetune_epochs = JobOptions().finetune_epochs
-    jobs.claim(session=session, job_id=job.id, lease_s=60)
-    for stage, epochs, later in [("pretraining", 3, 2 + finetune_epochs), ("training", 2, finetune_epochs),
-                                 ("finetuning", finetune_epochs, 0)]:
-        jobs.record_progress(session=session, job_id=job.id, event={"stage": stage, "epoch": 1, "epochs": epochs,
-                                                                    "seconds": 1.0})
-        eta = jobs.get_job(session=session, owner="alice", job_id=job.id).progress["eta_seconds"]
-        assert eta == epochs - 1 + later, stage
-
-
-def test_a_stage_event_clears_the_previous_stage(session):
-    job = new_job(session)
-    jobs.claim(session=session, job_id=job.id, lease_s=60)
-    jobs.record_progress(session=session, job_id=job.id, event={"stage": "training", "epoch": 4, "epochs": 4})
-    jobs.record_progress(session=session, job_id=job.id, event={"stage": "exporting"})
+    epoch = Progress(stage=Stage.TRAINING, epoch=1, epochs=4, data_loss=0.5, kl=float("nan"), eta_seconds=6.0)
+    assert jobs.record_progress(session=session, job_id=job.id, progress=epoch, attempt=1)
+    stored = jobs.get_job(session=session, owner="alice", job_id=job.id).progress
+    assert stored == {"stage": "training", "epoch": 1, "epochs": 4, "data_loss": 0.5, "eta_seconds": 6.0}
+    jobs.record_progress(session=session, job_id=job.id, progress=Progress(stage=Stage.EXPORTING))
     assert jobs.get_job(session=session, owner="alice", job_id=job.id).progress == {"stage": "exporting"}
 
 
 def test_progress_is_refused_unless_running(session):
     job = new_job(session)
-    assert jobs.record_progress(session=session, job_id=job.id, event={"stage": "training"}) is True
+    assert not jobs.record_progress(session=session, job_id=job.id, progress=TRAINING)
     assert jobs.get_job(session=session, owner="alice", job_id=job.id).progress is None
-    assert jobs.record_progress(session=session, job_id="00000000-0000-4000-8000-000000000000",
-                                event={"stage": "training"}) is True
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert not jobs.record_progress(session=session, job_id=missing, progress=TRAINING)
+    assert jobs.should_stop(session=session, job_id=missing) and jobs.should_stop(session=session, job_id=job.id)
 
 
 def test_count_by_state_and_discard(session):

@@ -9,11 +9,13 @@ from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
 
 from recipe.options import JobOptions
+from recipe.progress import Progress, Stage
 from service import jobs, workers
 from service.db import create_db_engine, ping
 from service.models import Job, utcnow
 from service.states import JobState
 from tests.service.conftest import DIGITS_REQUEST, TINY_SPEC, new_key, npz_bytes, tiny_dataset, weights_bytes
+from vdcore.train import EpochMetrics
 
 MISSING_ID = "00000000-0000-4000-8000-000000000000"
 IMAGE_SPEC_WITHOUT_FLATTEN = {
@@ -312,14 +314,14 @@ def test_another_owner_cannot_see_or_touch_a_job(client, alice, bob, app_session
 def test_progress_and_failure_are_shown(client, alice, app_session):
     job_id = submit(client, alice).json()["id"]
     jobs.claim(session=app_session, job_id=job_id, lease_s=60)
-    event = {"stage": "training", "epoch": 1, "epochs": 2, "data_loss": 0.3, "kl": 12.0, "kl_weight": 0.0,
-             "lr": 0.001, "train_accuracy": 0.9, "val_accuracy": 0.8, "sparsity": 0.1, "compression": 1.1,
-             "seconds": 1.5}
-    jobs.record_progress(session=app_session, job_id=job_id, event=event)
+    metrics = EpochMetrics(epoch=1, epochs=2, data_loss=0.3, kl=12.0, kl_weight=0.0, lr=0.001, train_accuracy=0.9,
+                           val_accuracy=0.8, sparsity=0.1, compression=1.1, seconds=1.5)
+    progress = Progress.of_epoch(Stage.TRAINING, metrics, later_epochs=JobOptions().finetune_epochs)
+    jobs.record_progress(session=app_session, job_id=job_id, progress=progress)
     job = client.get(f"/v1/jobs/{job_id}", headers=alice).json()
     assert job["state"] == "running" and job["started_at"] is not None
-    assert job["progress"]["epoch"] == 1 and job["progress"]["eta_seconds"] == 1.5 * (1 + JobOptions().finetune_epochs)
-    assert "lr" not in job["progress"] and "seconds" not in job["progress"]
+    assert Progress.model_validate(job["progress"]) == progress
+    assert job["progress"]["eta_seconds"] == 1.5 * (1 + JobOptions().finetune_epochs)
     jobs.finish(session=app_session, job_id=job_id, state=JobState.FAILED, error="training diverged; lower lr")
     job = client.get(f"/v1/jobs/{job_id}", headers=alice).json()
     assert job["state"] == "failed" and job["error"] == "training diverged; lower lr"

@@ -66,7 +66,7 @@ def test_an_interrupted_finetune_resumes_where_it_stopped(pruned, tmp_path):
     whole = _copy(pruned)
     vdcore.finetune(whole, data.train, data.val, CONFIG)
     stopped, checkpoint = _copy(pruned), tmp_path / "finetune.ckpt"
-    vdcore.finetune(stopped, data.train, data.val, CONFIG, on_epoch=lambda m: m.epoch == 1, checkpoint=checkpoint)
+    vdcore.finetune(stopped, data.train, data.val, CONFIG, checkpoint=checkpoint, should_stop=lambda: True)
     resumed = _copy(pruned)
     history = vdcore.finetune(resumed, data.train, data.val, CONFIG, checkpoint=checkpoint)
     assert len(history) == 3

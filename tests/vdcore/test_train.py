@@ -68,7 +68,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_as_an_uninterru
 
     checkpoint = tmp_path / "run.ckpt"
     first = fresh_model()
-    vdcore.train(first, data.train, data.val, config, on_epoch=lambda m: m.epoch == 1, checkpoint=checkpoint)
+    vdcore.train(first, data.train, data.val, config, checkpoint=checkpoint, should_stop=lambda: True)
     seen: list[int] = []
     resumed = fresh_model()  # a new process: nothing carried over but the file
     history = vdcore.train(
@@ -94,12 +94,14 @@ def test_dataloaders_are_accepted():
     assert 0 < history[0].train_accuracy <= 1
 
 
-def test_on_epoch_can_stop_training():
+def test_should_stop_ends_training_after_the_epoch_it_answers_in():
     data = load_digits()
     model = build_model(lenet_300_100((1, 8, 8)))
     seen = []
-    history = vdcore.train(model, data.train, None, TrainConfig(epochs=10), on_epoch=lambda m: seen.append(m) or True)
-    assert len(history) == len(seen) == 1 and history[0].val_accuracy is None
+    history = vdcore.train(
+        model, data.train, None, TrainConfig(epochs=10), on_epoch=seen.append, should_stop=lambda: len(seen) == 2
+    )
+    assert len(history) == len(seen) == 2 and history[0].val_accuracy is None
 
 
 def test_short_run_on_digits_prunes_most_weights_and_keeps_accuracy():

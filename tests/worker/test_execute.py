@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from recipe.pipeline import ARTIFACTS
 from recipe.plots import PLOTS
+from recipe.progress import Progress, Stage
 from service import jobs
 from service.core.config import Settings
 from service.db import create_db_engine, create_sessionmaker, upgrade_database
@@ -75,10 +76,10 @@ def test_cancel_requested_while_running_stops_within_an_epoch(world, monkeypatch
     job_id = submit(sessions)
     original = jobs.record_progress
 
-    def cancel_at_first_epoch(*, session: Session, job_id: str, event, attempt):
-        if event.get("epoch") == 1:
+    def cancel_at_first_epoch(*, session: Session, job_id: str, progress: Progress, attempt: int) -> bool:
+        if progress.epoch == 1:
             jobs.request_cancel(session=session, owner="alice", job_id=job_id)
-        return original(session=session, job_id=job_id, event=event, attempt=attempt)
+        return original(session=session, job_id=job_id, progress=progress, attempt=attempt)
 
     monkeypatch.setattr(jobs, "record_progress", cancel_at_first_epoch)
     assert run(job_id, sessions, storage) == "cancelled"
@@ -90,10 +91,10 @@ def test_an_interrupted_job_resumes_from_its_last_epoch(world, monkeypatch):
     job_id = submit(sessions, options=FAST | {"epochs": 3})
     original = jobs.record_progress
 
-    def die_after_training_epoch_2(*, session, job_id, event, attempt):
-        if event.get("stage") == "training" and event.get("epoch") == 2:
+    def die_after_training_epoch_2(*, session: Session, job_id: str, progress: Progress, attempt: int) -> bool:
+        if progress.stage == Stage.TRAINING and progress.epoch == 2:
             raise KeyboardInterrupt("the worker is killed")  # not an Exception: nothing is recorded
-        return original(session=session, job_id=job_id, event=event, attempt=attempt)
+        return original(session=session, job_id=job_id, progress=progress, attempt=attempt)
 
     monkeypatch.setattr(jobs, "record_progress", die_after_training_epoch_2)
     with pytest.raises(KeyboardInterrupt):
@@ -141,11 +142,11 @@ def test_a_worker_whose_job_was_taken_over_stops_and_writes_nothing(world, monke
     job_id = submit(sessions)
     original = jobs.record_progress
 
-    def taken_over_at_first_epoch(*, session, job_id, event, attempt):
-        if event.get("epoch") == 1 and attempt == 1:  # presumed dead: requeued and claimed elsewhere
+    def taken_over_at_first_epoch(*, session: Session, job_id: str, progress: Progress, attempt: int) -> bool:
+        if progress.epoch == 1 and attempt == 1:  # presumed dead: requeued and claimed elsewhere
             orphan(sessions, job_id)
             jobs.claim(session=session, job_id=job_id, lease_s=60)
-        return original(session=session, job_id=job_id, event=event, attempt=attempt)
+        return original(session=session, job_id=job_id, progress=progress, attempt=attempt)
 
     monkeypatch.setattr(jobs, "record_progress", taken_over_at_first_epoch)
     assert run(job_id, sessions, storage) == "lost"
