@@ -183,12 +183,7 @@ def run(
     and a rerun of the same job resumes from the last one (the report's ``resumed_after_epoch`` says where).
     """
     options, data = job.options, prepare(job)
-    planned = {
-        Stage.PRETRAINING: options.pretrain_epochs if job.weights is None else 0,
-        Stage.TRAINING: options.epochs,
-        Stage.FINETUNING: options.finetune_epochs,
-    }
-    stages = _Stages(planned, on_progress, should_stop, None if checkpoint_dir is None else Path(checkpoint_dir))
+    stages = _Stages(_planned_epochs(job), on_progress, should_stop, checkpoint_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = vdcore.resolve_device(options.device)
@@ -231,19 +226,30 @@ def run(
     return report
 
 
+def _planned_epochs(job: JobInput) -> dict[Stage, int]:
+    """The epochs each training stage will run, for the ETA: no pretraining when the weights are given."""
+    options = job.options
+    return {
+        Stage.PRETRAINING: options.pretrain_epochs if job.weights is None else 0,
+        Stage.TRAINING: options.epochs,
+        Stage.FINETUNING: options.finetune_epochs,
+    }
+
+
 class _Stages:
     """A run's stages: each announced to ``on_progress`` as it starts, its epochs reported as they end and
     checkpointed, ``should_stop`` asked after each, and the training stages timed, for the report."""
 
     def __init__(
         self, planned: dict[Stage, int], on_progress: OnProgress | None, should_stop: ShouldStop | None,
-        checkpoints: Path | None,
+        checkpoint_dir: str | os.PathLike[str] | None,
     ) -> None:
-        self.planned, self.checkpoints = planned, checkpoints
+        self.planned = planned
+        self.checkpoints = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.on_progress = on_progress or (lambda progress: None)
         self.should_stop = should_stop or (lambda: False)
-        if checkpoints is not None:
-            checkpoints.mkdir(parents=True, exist_ok=True)
+        if self.checkpoints is not None:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
         self.current = Stage.PRETRAINING
         self.history: dict[Stage, list[vdcore.EpochMetrics]] = {stage: [] for stage in TRAINING_STAGES}

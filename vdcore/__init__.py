@@ -9,6 +9,9 @@
     small = vdcore.shrink(pruned, x[:1])
     vdcore.export_onnx(small, "model.onnx", x[:1])
 
+    net = vdcore.load_onnx("users_model.onnx")   # a user's ONNX file as a trainable module; sparsify_ it alike
+    vdcore.write_onnx(net, "trained.onnx")       # its trained weights, back in the user's own graph
+
 SVD in names here means Sparse Variational Dropout (Molchanov et al. 2017), not singular value decomposition.
 The verbs: ``sparsify_`` swaps layers for Sparse VD ones; a layer's *mask* (``log alpha > threshold``) zeroes
 weights at evaluation; ``prune`` bakes the mask into a plain network; ``shrink`` cuts the units left dead;
@@ -20,6 +23,7 @@ from vdcore.data import DataError, Dataset, load_builtin, load_idx_dir, load_npz
 from vdcore.device import resolve_device
 from vdcore.export import ExportError, ExportResult, export_onnx, onnx_parity, onnx_session
 from vdcore.finetune import finetune
+from vdcore.graph import OPERATORS, OnnxError, OnnxNet, load_onnx, write_onnx
 from vdcore.latency import Latency, measure_latency
 from vdcore.layers import (
     Conv2dScaledSVD,
@@ -60,6 +64,7 @@ from vdcore.weights import WeightsError, load_weights, save_weights
 
 __all__ = [
     "KINGMA_VARIANTS",
+    "OPERATORS",
     "PRESETS",
     "BinaryDropoutLinear",
     "Conv2dSVD",
@@ -79,6 +84,8 @@ __all__ = [
     "LinearScaledSVD",
     "LinearUnitSVD",
     "NoisyLinear",
+    "OnnxError",
+    "OnnxNet",
     "SVDConfig",
     "SVDLayer",
     "ScaledSVDLayer",
@@ -109,6 +116,7 @@ __all__ = [
     "load_builtin",
     "load_idx_dir",
     "load_npz",
+    "load_onnx",
     "load_weights",
     "measure_latency",
     "onnx_parity",
@@ -125,4 +133,5 @@ __all__ = [
     "sparsity_report",
     "svd_layers",
     "train",
+    "write_onnx",
 ]

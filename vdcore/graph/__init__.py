@@ -1,0 +1,8 @@
+"""Users' own networks as ONNX files: read into trainable PyTorch modules, and written back once trained."""
+
+from vdcore.graph.net import OnnxNet, load_onnx
+from vdcore.graph.ops import OPERATORS
+from vdcore.graph.read import OnnxError
+from vdcore.graph.write import trained_model, write_onnx
+
+__all__ = ["OPERATORS", "OnnxError", "OnnxNet", "load_onnx", "trained_model", "write_onnx"]
