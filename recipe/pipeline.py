@@ -45,11 +45,14 @@ from vdcore.data import (
 )
 from vdcore.export import ExportResult
 from vdcore.files import atomic_path
+from vdcore.graph import OnnxNet, OnnxPlan, plan_onnx, write_onnx
 from vdcore.layout import Fastest, export_fastest
 from vdcore.shrink import layer_widths
 from vdcore.spec import ModelPlan, SpecError, plan_model
 from vdcore.weights import check_weights, load_weights, save_weights
 
+# The keys of ``JobInput.model``: where the network comes from.
+MODEL_SOURCES = {"preset", "spec", "onnx"}
 ARTIFACTS = ("model.onnx", "baseline.onnx", "report.json", "weights.safetensors")
 
 
@@ -82,7 +85,7 @@ class JobInput:
 
 @dataclass(frozen=True)
 class Prepared:
-    plan: ModelPlan
+    plan: ModelPlan | OnnxPlan
     dataset: Dataset
 
 
@@ -105,39 +108,54 @@ def _load_dataset(
     raise JobError(f"unknown dataset kind {kind!r}; use 'builtin', 'npz' or 'idx_dir'")
 
 
+def _plan(job: JobInput, load_dataset: Callable[[Any, Any], Dataset]) -> tuple[ModelPlan | OnnxPlan, Dataset]:
+    """The model's plan and the data, which a preset's shape and class count come from unless it gives them."""
+    model = job.model
+    if "onnx" in model:
+        if len(model) != 1:
+            raise JobError("a model given as {'onnx': path} takes no other keys")
+        if job.weights is not None:
+            raise JobError("an ONNX model holds its own weights; do not send weights with it")
+        onnx_plan = plan_onnx(model["onnx"])
+        return onnx_plan, load_dataset(list(onnx_plan.input_shape), onnx_plan.num_classes)
+    if "spec" in model:
+        if len(model) != 1:
+            raise JobError("a model given as {'spec': ...} takes no other keys")
+        spec = model["spec"]
+        if not isinstance(spec, dict):
+            raise JobError("model.spec must be an object with input_shape, num_classes and layers")
+        return plan_model(spec), load_dataset(spec.get("input_shape"), spec.get("num_classes"))
+    dataset = load_dataset(model.get("input_shape"), model.get("num_classes"))
+    return plan_model({"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes} | model), dataset
+
+
 def prepare(
     job: JobInput, *, max_dataset_bytes: int = DEFAULT_MAX_BYTES, max_dataset_samples: int | None = None
 ) -> Prepared:
     """Check a job's model, weights and data against each other, raising ``JobError`` for what does not fit.
 
-    A preset takes its input shape and class count from the data unless they are given. An npz dataset larger
+    A preset takes its input shape and class count from the data unless they are given; an ONNX file holds its
+    weights, so none are sent with it. An npz dataset larger
     than ``max_dataset_bytes`` once decompressed, or with more than ``max_dataset_samples`` examples, is refused
     from its headers before it is read (``JobTooLarge``).
     """
     load_dataset = partial(_load_dataset, job.dataset, max_bytes=max_dataset_bytes, max_samples=max_dataset_samples)
-    model = job.model
-    if not isinstance(model, dict) or len(model.keys() & {"preset", "spec"}) != 1:
-        raise JobError("model must be {'preset': name, ...options} or {'spec': {...}}")
+    if not isinstance(job.model, dict) or len(job.model.keys() & MODEL_SOURCES) != 1:
+        raise JobError("model must be {'preset': name, ...options}, {'spec': {...}} or {'onnx': path}")
     try:
-        if "spec" in model:
-            if len(model) != 1:
-                raise JobError("a model given as {'spec': ...} takes no other keys")
-            spec = model["spec"]
-            if not isinstance(spec, dict):
-                raise JobError("model.spec must be an object with input_shape, num_classes and layers")
-            dataset = load_dataset(spec.get("input_shape"), spec.get("num_classes"))
-        else:
-            dataset = load_dataset(model.get("input_shape"), model.get("num_classes"))
-            spec = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes} | model
-        plan = plan_model(spec)
+        plan, dataset = _plan(job, load_dataset)
     except DataTooLarge as error:
         raise JobTooLarge(str(error), _DATASET_LIMITS[error.limit]) from None
     except (SpecError, ValueError) as error:
         raise JobError(str(error)) from None
     if tuple(dataset.input_shape) != plan.input_shape:
+        change = (
+            "export the model for examples of the data's shape" if isinstance(plan, OnnxPlan)
+            else "set the model's input_shape to match the data"
+        )
         raise JobError(
             f"the data's examples have shape {list(dataset.input_shape)} but the model takes "
-            f"{list(plan.input_shape)}; set the model's input_shape to match the data"
+            f"{list(plan.input_shape)}; {change}"
         )
     if dataset.num_classes > plan.num_classes:
         raise JobError(
@@ -194,20 +212,20 @@ def run(
 
     if job.weights is not None:
         load_weights(model, job.weights)
-    elif options.pretrain_epochs:
+    elif options.pretrain_epochs and not _starts_trained(job):
         with stages.stage(Stage.PRETRAINING):
             stages.fit(model, data, options.train_config(options.pretrain_epochs))
     model.to(device).eval()
     accuracy_before = vdcore.evaluate(model, evaluation)
-    baseline = vdcore.export_onnx(model, out / "baseline.onnx", example)
+    baseline = _export(model, out / "baseline.onnx", example)
 
     with stages.stage(Stage.TRAINING):
         vdcore.sparsify_(model, options.svd_config())
-        if job.weights is None and not options.pretrain_epochs:
+        if not _starts_trained(job) and not options.pretrain_epochs:
             _start_from_scratch(model)
         stages.fit(model, data, options.train_config())
     pruned = vdcore.prune(model)
-    if options.structured and options.unit_multiple > 1:
+    if options.structured and options.unit_multiple > 1 and isinstance(pruned, nn.Sequential):
         vdcore.round_units_(pruned, example, options.unit_multiple)
     if options.finetune_epochs:
         with stages.stage(Stage.FINETUNING):
@@ -226,11 +244,22 @@ def run(
     return report
 
 
+def _starts_trained(job: JobInput) -> bool:
+    """Whether the job's model comes with trained weights (uploaded, or an ONNX file's): then it is not
+    pretrained."""
+    return job.weights is not None or "onnx" in job.model
+
+
+def _export(model: nn.Module, path: Path, example: torch.Tensor) -> ExportResult:
+    """``model`` as ONNX: a network imported from ONNX is written back into its own graph."""
+    return write_onnx(model, path) if isinstance(model, OnnxNet) else vdcore.export_onnx(model, path, example)
+
+
 def _planned_epochs(job: JobInput) -> dict[Stage, int]:
     """The epochs each training stage will run, for the ETA: no pretraining when the weights are given."""
     options = job.options
     return {
-        Stage.PRETRAINING: options.pretrain_epochs if job.weights is None else 0,
+        Stage.PRETRAINING: 0 if _starts_trained(job) else options.pretrain_epochs,
         Stage.TRAINING: options.epochs,
         Stage.FINETUNING: options.finetune_epochs,
     }
@@ -328,4 +357,5 @@ def _report(
         history=stages.history,
         resumed_after_epoch=stages.resumed,
         timings={**stages.timings, "total_s": time.perf_counter() - stages.started},
+        notes=list(fastest.notes),
     )

@@ -60,7 +60,7 @@ def input_relevance(pruned: nn.Module, input_shape: tuple[int, ...]) -> np.ndarr
     ``None`` when the input is not an image or the first weight layer does not read single pixels
     (a convolution, or anything mixing pixels before the first Linear).
     """
-    if len(input_shape) != 3:
+    if len(input_shape) != 3 or not isinstance(pruned, nn.Sequential):  # a graph may move pixels before a layer
         return None
     first = None
     for module in pruned.modules():

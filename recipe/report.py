@@ -96,6 +96,7 @@ class Report(BaseModel):
     resumed_after_epoch: dict[Stage, int]
     timings: dict[str, float]  # "<stage>_s" for each training stage that ran, and "total_s"
     plots: list[str] = []
+    notes: list[str] = []  # what the job could not do as asked, and why
 
     def to_json(self) -> str:
         """The report as ``report.json`` holds it: indented, and refusing NaN, which JSON has no word for."""

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from vdcore.export import INPUT_NAME, onnx_session
+from vdcore.export import onnx_session
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,15 @@ def measure_latency(
     """
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
     sessions = [onnx_session(path, threads=threads) for path in paths]
-    for session in sessions:
+    feeds = [{session.get_inputs()[0].name: x} for session in sessions]  # each file's own input name
+    for session, feed in zip(sessions, feeds, strict=True):
         for _ in range(warmup):
-            session.run(None, {INPUT_NAME: x})
+            session.run(None, feed)
     times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        for session, record in zip(sessions, times, strict=True):
+        for session, feed, record in zip(sessions, feeds, times, strict=True):
             start = time.perf_counter()
-            session.run(None, {INPUT_NAME: x})
+            session.run(None, feed)
             record.append((time.perf_counter() - start) * 1e3)
     return [
         Latency(batch=batch, median_ms=statistics.median(t), p90_ms=float(np.percentile(t, 90)), runs=runs)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from vdcore.export import ExportResult, export_onnx
+from vdcore.graph import OnnxNet, write_onnx
 from vdcore.latency import measure_latency
 from vdcore.shrink import (
     BatchNorm,
@@ -36,6 +37,10 @@ from vdcore.shrink import (
 from vdcore.sparsify import is_sparsified
 
 LATENCY_BATCHES = (1, 100)
+GRAPH_UNITS_KEPT = (
+    "units are not yet removed from a network imported from ONNX: model.onnx keeps the file's shapes, with the "
+    "pruned weights at zero (which is why its gzip size is smaller and its raw size is not)"
+)
 # Channel counts the hidden convolutions of the shrunk network are also tried padded to (pad_channels).
 CHANNEL_MULTIPLES = (8, 16)
 
@@ -136,15 +141,16 @@ def round_units_(pruned: nn.Module, example_input: Tensor, multiple: int) -> lis
 class Fastest:
     """The shrunk network in the form that ran fastest, its ONNX file, and what the form is."""
 
-    model: nn.Sequential
+    model: nn.Module  # an nn.Sequential, or an OnnxNet written back into its graph
     export: ExportResult
     latency: dict[str, dict[str, float]]
     units: list[int]  # per weight layer, as shrink left them (before any padding)
     input_gather: bool
     channel_multiple: int  # hidden convolutions padded to a multiple of this (1: not padded)
+    notes: tuple[str, ...] = ()  # what the form leaves undone, for the report's reader
 
 
-def export_fastest(pruned: nn.Sequential, example: torch.Tensor, baseline: ExportResult, out: Path) -> Fastest:
+def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportResult, out: Path) -> Fastest:
     """Shrink ``pruned`` and write it to ``out/model.onnx`` in its fastest form, with its latency against
     ``baseline``.
 
@@ -152,8 +158,14 @@ def export_fastest(pruned: nn.Sequential, example: torch.Tensor, baseline: Expor
     and the other keeps zero weights for the rest; and hidden convolutions may be padded with zero filters to
     each of ``CHANNEL_MULTIPLES``. Which is faster depends on the batch, the runtime and the CPU, so every
     distinct form is timed side by side with the baseline at batches 1 and 100, and the lowest geometric mean
-    wins.
+    wins. A network imported from ONNX (``OnnxNet``) is written back into its own graph, its units kept.
     """
+    if isinstance(pruned, OnnxNet):
+        export = write_onnx(pruned, out / "model.onnx")
+        _, latency = race(baseline, [export], tuple(example.shape[1:]))
+        widths = layer_widths(pruned)
+        return Fastest(model=pruned, export=export, latency=latency, units=widths, input_gather=False,
+                       channel_multiple=1, notes=(GRAPH_UNITS_KEPT,))
     shrunk = [shrink(pruned, example, gather_inputs=True)]
     if any(isinstance(m, GatherInput) for m in shrunk[0]):
         shrunk.append(shrink(pruned, example, gather_inputs=False))
@@ -168,24 +180,11 @@ def export_fastest(pruned: nn.Sequential, example: torch.Tensor, baseline: Expor
     exports = [
         export_onnx(form, out / f".model-candidate-{i}.onnx", example) for i, (form, _, _) in enumerate(forms)
     ]
-    input_shape = tuple(example.shape[1:])
-    timed = {
-        batch: measure_latency([baseline.path, *(e.path for e in exports)], input_shape, batch=batch)
-        for batch in LATENCY_BATCHES
-    }
-    best = min(range(len(exports)), key=lambda i: math.prod(times[i + 1].median_ms for times in timed.values()))
+    best, latency = race(baseline, exports, tuple(example.shape[1:]))
     for i, export in enumerate(exports):
         if i != best:
             export.path.unlink()
     form, small, multiple = forms[best]
-    latency = {
-        f"batch_{batch}": {
-            "baseline_ms": times[0].median_ms,
-            "compressed_ms": times[best + 1].median_ms,
-            "speedup": times[0].median_ms / times[best + 1].median_ms,
-        }
-        for batch, times in timed.items()
-    }
     return Fastest(
         model=form,
         export=replace(exports[best], path=exports[best].path.replace(out / "model.onnx")),
@@ -194,3 +193,24 @@ def export_fastest(pruned: nn.Sequential, example: torch.Tensor, baseline: Expor
         input_gather=any(isinstance(m, GatherInput) for m in small),
         channel_multiple=multiple,
     )
+
+
+def race(
+    baseline: ExportResult, candidates: list[ExportResult], input_shape: tuple[int, ...]
+) -> tuple[int, dict[str, dict[str, float]]]:
+    """The candidate fastest against ``baseline`` (the lowest geometric mean over ``LATENCY_BATCHES``, all timed
+    side by side) and its latency by batch: baseline and compressed medians and the speed-up."""
+    timed = {
+        batch: measure_latency([baseline.path, *(c.path for c in candidates)], input_shape, batch=batch)
+        for batch in LATENCY_BATCHES
+    }
+    best = min(range(len(candidates)), key=lambda i: math.prod(times[i + 1].median_ms for times in timed.values()))
+    latency = {
+        f"batch_{batch}": {
+            "baseline_ms": times[0].median_ms,
+            "compressed_ms": times[best + 1].median_ms,
+            "speedup": times[0].median_ms / times[best + 1].median_ms,
+        }
+        for batch, times in timed.items()
+    }
+    return best, latency

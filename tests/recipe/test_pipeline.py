@@ -66,8 +66,9 @@ def test_report_json_keeps_its_fields_and_plain_json(finished):
     assert list(written) == [
         "model", "dataset", "options", "device", "accuracy", "compression", "sparsity", "weights", "units",
         "input_gather", "channel_multiple", "layers", "files", "onnx_parity_max_abs_diff", "latency", "history",
-        "resumed_after_epoch", "timings", "plots",
+        "resumed_after_epoch", "timings", "plots", "notes",
     ]
+    assert written["notes"] == []
     assert written["options"] == FAST.model_dump()
     assert list(written["history"]) == ["pretraining", "training", "finetuning"]
     assert set(written["history"]["training"][0]) == set(Progress.model_fields) - {"stage", "eta_seconds", "reason"}

@@ -1,0 +1,48 @@
+"""An ONNX file checked as a classifier to compress: the facts a job needs before any training."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vdcore.graph.net import OnnxNet, load_onnx
+from vdcore.graph.read import OnnxError
+
+
+@dataclass(frozen=True)
+class OnnxPlan:
+    """A classifier in an ONNX file: one float input of a fixed example shape, one output of ``num_classes``
+    scores per example. ``build()`` imports it again, holding the file's weights."""
+
+    path: Path
+    input_shape: tuple[int, ...]
+    num_classes: int
+    parameters: int
+
+    def build(self) -> OnnxNet:
+        return load_onnx(self.path)
+
+
+def plan_onnx(path: str | os.PathLike[str], max_parameters: int | None = None) -> OnnxPlan:
+    """Import ``path`` (``OnnxError`` saying what to change if it cannot be) and check it is a classifier."""
+    net = load_onnx(path, max_parameters)
+    if not net.input_dtype.is_floating_point:
+        raise OnnxError(f"the model's input is of type {net.input_dtype}; a job feeds it float32 examples")
+    if any(size is None for size in net.input_shape[1:]):
+        raise OnnxError(
+            f"the model's input {net.input_name!r} has sizes that are not fixed besides the batch "
+            f"({['batch', *('?' if s is None else s for s in net.input_shape[1:])]}); export it with fixed sizes"
+        )
+    with torch.no_grad():
+        outputs = net.eval()(net.example_input())
+    if len(net.output_names) != 1 or outputs.dim() != 2:
+        raise OnnxError(
+            f"the model must have one output of class scores shaped [batch, classes]; it has {net.output_names}"
+            + ("" if len(net.output_names) != 1 else f" shaped {['batch', *outputs.shape[1:]]}")
+        )
+    parameters = sum(int(np.prod(value.shape)) for value in net.read.constants.values())
+    return OnnxPlan(Path(path), tuple(net.input_shape[1:]), int(outputs.shape[1]), parameters)
