@@ -124,7 +124,8 @@ def _plan(job: JobInput, load_dataset: Callable[[Any, Any], Dataset]) -> tuple[M
         spec = model["spec"]
         if not isinstance(spec, dict):
             raise JobError("model.spec must be an object with input_shape, num_classes and layers")
-        return plan_model(spec), load_dataset(spec.get("input_shape"), spec.get("num_classes"))
+        dataset = load_dataset(spec.get("input_shape"), spec.get("num_classes"))
+        return plan_model(spec), dataset
     dataset = load_dataset(model.get("input_shape"), model.get("num_classes"))
     return plan_model({"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes} | model), dataset
 

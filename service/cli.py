@@ -48,6 +48,8 @@ def _dataset_source(value: str) -> dict[str, str]:
 
 
 def _model_source(args: argparse.Namespace) -> dict[str, Any]:
+    if args.onnx:
+        return {"onnx": args.onnx}
     if args.spec:
         return {"spec": json.loads(Path(args.spec).read_text())}
     return {"preset": args.preset}
@@ -159,13 +161,13 @@ def _watch(client: Client, job_id: str, interval: float = 1.0) -> int:
 def submit(args: argparse.Namespace) -> int:
     dataset_file = args.dataset if args.dataset.endswith(".npz") else None
     request = {
-        "model": _model_source(args),
+        "model": None if args.onnx else _model_source(args),
         "dataset": None if dataset_file else {"builtin": args.dataset},
         "options": given_options(args),
     }
     try:
         client = _client(args)
-        job = client.submit(request, args.weights, dataset_file, args.idempotency_key)
+        job = client.submit(request, args.weights, dataset_file, args.idempotency_key, model=args.onnx)
         print(job["id"])
         return _watch(client, job["id"]) if args.watch else 0
     except (ApiError, OSError) as error:
@@ -274,6 +276,7 @@ def _job_arguments(parser: argparse.ArgumentParser, dataset_help: str) -> None:
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--preset", default="lenet-300-100", choices=sorted(PRESETS), help="a named architecture")
     model.add_argument("--spec", help="a JSON file describing the architecture")
+    model.add_argument("--onnx", help="the network as an ONNX file (torch.onnx.export's), holding its weights")
     parser.add_argument("--weights", help="a safetensors file of the model's trained weights")
     parser.add_argument("--dataset", default="digits", help=dataset_help)
     add_option_flags(parser)

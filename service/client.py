@@ -49,12 +49,13 @@ class Client:
             raise ApiError(f"cannot reach {self.http.base_url}: {error}") from None
 
     def submit(self, request: dict[str, Any], weights: str | None = None, dataset: str | None = None,
-               idempotency_key: str | None = None) -> dict[str, Any]:
-        """POST a job with its files; returns the job as the server describes it."""
+               idempotency_key: str | None = None, model: str | None = None) -> dict[str, Any]:
+        """POST a job with its files (safetensors ``weights``, an npz ``dataset``, an ONNX ``model``); returns the
+        job as the server describes it."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with ExitStack() as files_open:
             files: dict[str, Any] = {"request": (None, json.dumps(request), "application/json")}
-            for part, path in (("weights", weights), ("dataset", dataset)):
+            for part, path in (("weights", weights), ("dataset", dataset), ("model", model)):
                 if path is not None:
                     files[part] = (Path(path).name, files_open.enter_context(open(path, "rb")))
             return self._call("POST", "/v1/jobs", files=files, headers=headers).json()

@@ -138,13 +138,16 @@ class BuiltinDataset(BaseModel):
 
 
 class JobRequest(BaseModel):
-    """What to compress: ``model`` is ``{"preset": name, ...preset options}`` or ``{"spec": {...}}``; ``dataset``
-    is ``{"builtin": name}``, or left out when an npz file is uploaded. Paths are never accepted: files arrive
-    as uploads."""
+    """What to compress: ``model`` is ``{"preset": name, ...preset options}`` or ``{"spec": {...}}``, or left out
+    when an ONNX file is uploaded; ``dataset`` is ``{"builtin": name}``, or left out when an npz file is
+    uploaded. Paths are never accepted: files arrive as uploads."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: dict[str, Any] = Field(examples=[{"preset": "lenet-300-100"}])
+    model: dict[str, Any] | None = Field(
+        None, examples=[{"preset": "lenet-300-100"}],
+        description="a preset or a spec; leave it out and upload the network as the 'model' part (ONNX)",
+    )
     dataset: BuiltinDataset | None = None
     options: JobOptions = Field(default_factory=JobOptions)
 
@@ -160,16 +163,23 @@ class JobRequest(BaseModel):
 
     @field_validator("model")
     @classmethod
-    def _preset_or_spec(cls, model: dict[str, Any]) -> dict[str, Any]:
+    def _preset_or_spec(cls, model: dict[str, Any] | None) -> dict[str, Any] | None:
+        if model is None:
+            return None
         if len(model.keys() & {"preset", "spec"}) != 1:
-            raise ValueError("give either {'preset': name, ...options} or {'spec': {...}}")
+            raise ValueError(
+                "give either {'preset': name, ...options} or {'spec': {...}}, or leave model out and upload an ONNX "
+                "file as the 'model' part (paths on the server are not accepted)"
+            )
         if "preset" in model and not isinstance(model["preset"], str):
             raise ValueError(f"'preset' must be a preset name, got {model['preset']!r}")
         if "spec" in model and (len(model) != 1 or not isinstance(model["spec"], dict)):
             raise ValueError("{'spec': ...} takes one object (input_shape, num_classes, layers) and no other key")
         return model
 
-    def to_job_input(self, *, weights: Path | None = None, dataset: Path | None = None) -> JobInput:
+    def to_job_input(
+        self, *, weights: Path | None = None, dataset: Path | None = None, model: Path | None = None
+    ) -> JobInput:
         """The pipeline's view of this request, with uploaded files given by path."""
         if dataset is not None:
             source = {"npz": str(dataset)}
@@ -177,8 +187,14 @@ class JobRequest(BaseModel):
             source = {"builtin": self.dataset.builtin}
         else:
             raise ValueError("no dataset: give {'builtin': name} or upload an npz file")
+        if model is not None:
+            network: dict[str, Any] = {"onnx": str(model)}
+        elif self.model is not None:
+            network = self.model
+        else:
+            raise ValueError("no model: give a preset or a spec, or upload an ONNX file")
         return JobInput(
-            model=self.model,
+            model=network,
             dataset=source,
             weights=None if weights is None else str(weights),
             options=self.options,

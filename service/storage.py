@@ -25,7 +25,7 @@ ARTIFACT_NAMES = (*ARTIFACTS, *PLOTS)
 MEDIA_TYPES = {".onnx": "application/octet-stream", ".json": "application/json",
                ".safetensors": "application/octet-stream", ".png": "image/png"}
 # Upload part -> the file name it is stored under.
-UPLOADS = {"weights": "weights.safetensors", "dataset": "dataset.npz"}
+UPLOADS = {"weights": "weights.safetensors", "dataset": "dataset.npz", "model": "model.onnx"}
 CHUNK_BYTES = 1 << 20
 
 

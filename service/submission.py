@@ -74,7 +74,7 @@ def submit_job(
 ) -> tuple[Job, bool]:
     """Accept a job for ``owner``; returns it and whether it is new (False: an idempotent retry).
 
-    ``files`` maps upload parts (``weights``, ``dataset``) to readable binary files. A new job that takes the
+    ``files`` maps upload parts (``weights``, ``dataset``, ``model``) to readable binary files. A new job that takes the
     owner past an allowance (``service.quotas``) is removed again and ``QuotaExceeded`` raised. ``dispatch(job_id)``
     is called once the job is committed; if it fails, the job is removed again and ``Unavailable`` raised, so
     that a retry, even with the same Idempotency-Key, submits afresh.
@@ -82,6 +82,10 @@ def submit_job(
     if ("dataset" in files) == (request.dataset is not None):
         raise InvalidJob(
             "give exactly one dataset: {'builtin': name} in the request, or an npz file in the 'dataset' part"
+        )
+    if ("model" in files) == (request.model is not None):
+        raise InvalidJob(
+            "give exactly one model: a preset or a spec in the request, or an ONNX file in the 'model' part"
         )
     job_id = new_id()
     try:

@@ -16,7 +16,8 @@ def test_readme_starts_with_the_two_setup_commands_and_ci_runs_the_test_one():
 
 
 def test_library_quickstart_runs(tmp_path, monkeypatch):
-    quickstart = re.search(r"```python\n(.*?)```", README, re.S).group(1)
+    library = README[README.index("## Use the method in your own training code"):]
+    quickstart = re.search(r"```python\n(.*?)```", library, re.S).group(1)
     script = tmp_path / "quickstart.py"
     script.write_text(quickstart)
     monkeypatch.chdir(tmp_path)

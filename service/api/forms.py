@@ -1,5 +1,5 @@
 """The body of ``POST /v1/jobs``, read within size limits: a JSON ``JobRequest``, or multipart with a JSON part
-``request`` and optional files ``weights`` (safetensors) and ``dataset`` (npz).
+``request`` and optional files ``weights`` (safetensors), ``dataset`` (npz) and ``model`` (ONNX).
 
 The body is read here, after authentication, rather than by FastAPI's form parameters: those would take the
 whole upload before the API key is even looked at.
@@ -40,6 +40,7 @@ OPENAPI_BODY: dict[str, Any] = {
                         "request": {"type": "string", "description": "the JobRequest, as JSON"},
                         "weights": {"type": "string", "format": "binary", "description": "safetensors weights"},
                         "dataset": {"type": "string", "format": "binary", "description": "npz: x, y[, x_val, y_val]"},
+                        "model": {"type": "string", "format": "binary", "description": "the network as ONNX"},
                     },
                 }
             },
@@ -99,7 +100,7 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
         reason = str(error.detail).rstrip(".") + (f": {cause}" if cause is not None else "")
         raise ServiceError(
             f"cannot read the multipart/form-data body: {reason}. Send a part 'request' (the job as JSON) and "
-            "optionally the files 'weights' and 'dataset' (with curl: -F request=@job.json -F dataset=@data.npz)"
+            "optionally the files 'weights', 'dataset' and 'model' (with curl: -F request=@job.json -F model=@net.onnx)"
         ) from None
 
 
@@ -118,7 +119,7 @@ async def read_submission(request: Request) -> AsyncIterator[Submission]:
     if content_type != "multipart/form-data":
         raise UnsupportedMediaType(
             f"unsupported Content-Type {content_type or '(none)'}: send multipart/form-data (a 'request' JSON "
-            "part, optional 'weights' and 'dataset' files) or application/json"
+            "part, optional 'weights', 'dataset' and 'model' files) or application/json"
         )
     form = await _read_form(request, settings)
     try:

@@ -402,7 +402,7 @@ CASES = [
          "preset 'lenet-300-100' takes"),
     Case("model-empty", request(model={}), 422, "give either {'preset': name"),
     Case("model-missing", lambda env: env.post(json={"dataset": {"builtin": "digits"}}), 422,
-         "request.model: Field required"),
+         "give exactly one model"),
     Case("layer-type-unknown", layers({"type": "transformer"}), 422, "layers[1] (transformer): unknown layer type"),
     Case("layer-out-features-negative", layers({"type": "linear", "out_features": -5}), 422,
          "'out_features' must be between 1 and"),
