@@ -82,13 +82,15 @@ def onnx_parity(model: nn.Module, path: str | os.PathLike[str], example_input: T
     return float(np.max(np.abs(got - expected)))
 
 
-def onnx_session(path: str | os.PathLike[str], threads: int = 1) -> ort.InferenceSession:
-    """A CPU onnxruntime session; one thread by default so that measurements do not fight other work."""
+def onnx_session(path: str | os.PathLike[str] | bytes, threads: int = 1) -> ort.InferenceSession:
+    """A CPU onnxruntime session on a file (or a model's bytes); one thread by default so that measurements do
+    not fight other work."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 @contextlib.contextmanager

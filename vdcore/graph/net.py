@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
 
+from vdcore.export import onnx_session
 from vdcore.graph.ops import CONVERTERS, ONNX_DTYPES, OPERATORS, NodeContext, Source, Step
 from vdcore.graph.read import OnnxError, ReadGraph, node_label, read_onnx
 
@@ -93,9 +93,8 @@ def load_onnx(source: str | os.PathLike[str] | bytes, max_parameters: int | None
     """
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     read = _named_nodes(read_onnx(data))
-    parameters = sum(int(np.prod(value.shape)) for value in read.constants.values())
-    if max_parameters is not None and parameters > max_parameters:
-        raise OnnxError(f"the model holds {parameters:,} weights, more than the {max_parameters:,} allowed")
+    if max_parameters is not None and read.parameters > max_parameters:
+        raise OnnxError(f"the model holds {read.parameters:,} weights, more than the {max_parameters:,} allowed")
     inputs = list(read.graph.input)
     if len(inputs) != 1:
         raise OnnxError(f"the model takes {len(inputs)} inputs ({[i.name for i in inputs]}); only models with one "
@@ -196,10 +195,9 @@ def max_difference(net: OnnxNet, path_or_model: str | os.PathLike[str] | onnx.Mo
     """Largest ``|onnxruntime - PyTorch|`` over the outputs of ``net`` and an ONNX model of it, on one random
     input of ``batch`` examples."""
     x = net.example_input(batch)
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
+    model = path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto) else path_or_model
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        got = session.run(None, {net.input_name: x.numpy()})
+        got = onnx_session(model).run(None, {net.input_name: x.numpy()})
     except Exception as error:  # onnxruntime raises its own exception types for graphs it cannot run
         raise OnnxError(f"onnxruntime cannot run the model at batch {batch}: {str(error).splitlines()[0]}; if the "
                         "graph fixes its batch size, export it with a dynamic batch dimension") from None

@@ -46,7 +46,6 @@ class Step:
     None for an operator without weights); ``absorbs`` names later nodes this step computes too (a bias Add)."""
 
     node: str
-    op: str
     inputs: list[str]
     outputs: list[str]
     run: Callable[..., Any]
@@ -94,7 +93,13 @@ class NodeContext:
         """A step reading the node's inputs at ``inputs`` (default: all) at run time."""
         positions = range(len(self.node.input)) if inputs is None else inputs
         names = [self.input(i) for i in positions]
-        return Step(self.node.name, self.node.op_type, names, list(self.node.output), run, **extra)
+        return Step(self.node.name, names, list(self.node.output), run, **extra)
+
+    def source(self, layout: str = "same", **positions: int) -> Source:
+        """Where a layer's tensors come from: each named parameter or buffer is the input at its position
+        (an absent optional input is left out)."""
+        tensors = {name: self.input(i) for name, i in positions.items() if self.input(i)}
+        return Source(self.node.name, tensors, layout)
 
 
 def _tensor(value: np.ndarray) -> Tensor:
@@ -112,13 +117,18 @@ def _stateless(fn: Callable[..., Any]) -> Callable[..., Any]:
 # --- layers that hold weights -----------------------------------------------------------------------------
 
 
-def _linear(in_features: int, out_features: int, weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features, bias=bias is not None)
+def _filled(layer: nn.Module, **values: np.ndarray | None) -> nn.Module:
+    """``layer`` holding ``values``, by parameter or buffer name (None: a bias the layer does not have)."""
     with torch.no_grad():
-        layer.weight.copy_(_tensor(weight))
-        if bias is not None:
-            layer.bias.copy_(_tensor(bias).reshape(-1))
+        for name, value in values.items():
+            if value is not None:
+                getattr(layer, name).copy_(_tensor(value))
     return layer
+
+
+def _linear(weight: np.ndarray, bias: np.ndarray | None) -> nn.Module:
+    """An ``nn.Linear`` holding ``weight`` (``[out, in]``) and ``bias``."""
+    return _filled(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), weight=weight, bias=bias)
 
 
 def _call_layer(layer: nn.Module, x: Tensor) -> Tensor:
@@ -128,14 +138,12 @@ def _call_layer(layer: nn.Module, x: Tensor) -> Tensor:
 def gemm(ctx: NodeContext) -> Step:
     alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
     trans_a, trans_b = ctx.attr("transA", 0), ctx.attr("transB", 0)
-    b, c = ctx.owned(1), ctx.owned(2) if ctx.input(2) else None
-    bias_ok = not ctx.input(2) or (c is not None and c.size == (b.shape[0 if trans_b else 1] if b is not None else -1))
-    if b is not None and b.ndim == 2 and not trans_a and bias_ok:
+    b, c = ctx.owned(1), ctx.owned(2)
+    if b is not None and b.ndim == 2 and not trans_a:
         weight = alpha * (b if trans_b else b.T)
-        bias = None if c is None else beta * c.reshape(-1)
-        tensors = {"weight": ctx.input(1)} | ({"bias": ctx.input(2)} if c is not None else {})
-        return ctx.step(_call_layer, [0], layer=_linear(weight.shape[1], weight.shape[0], weight, bias),
-                        source=Source(ctx.node.name, tensors, "gemm"))
+        if not ctx.input(2) or (c is not None and c.size == weight.shape[0]):  # a bias of one value per output
+            bias = None if c is None else beta * c.reshape(-1)
+            return ctx.step(_call_layer, [0], layer=_linear(weight, bias), source=ctx.source("gemm", weight=1, bias=2))
 
     def run(a: Tensor, b: Tensor, c: Tensor | None = None) -> Tensor:
         a, b = (a.transpose(-1, -2) if trans_a else a), (b.transpose(-1, -2) if trans_b else b)
@@ -160,7 +168,7 @@ def matmul(ctx: NodeContext) -> Step:
             bias, absorbs = candidate, [add.name]
             tensors["bias"] = other
             outputs = list(add.output)
-    layer = _linear(weight.shape[0], weight.shape[1], weight.T, bias)
+    layer = _linear(weight.T, bias)
     step = ctx.step(_call_layer, [0], layer=layer, source=Source(ctx.node.name, tensors, "matmul"), absorbs=absorbs)
     if absorbs:
         step.outputs = outputs
@@ -197,7 +205,7 @@ def _torch_pad(pads: Sequence[int]) -> list[int]:
 
 
 def conv(ctx: NodeContext) -> Step:
-    weight, bias = ctx.owned(1), ctx.owned(2) if ctx.input(2) else None
+    weight, bias = ctx.owned(1), ctx.owned(2)
     if weight is None or (ctx.input(2) and bias is None):
         raise ctx.fail("a convolution's weight and bias must be constants of its own; export the model with its "
                        "weights as initializers")
@@ -214,10 +222,7 @@ def conv(ctx: NodeContext) -> Step:
         pads = [0, pads[0], 0, pads[1]]
     layer = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(kernel), tuple(strides),
                       tuple(pads[:2]) if symmetric else 0, tuple(dilations), groups, bias=bias is not None)
-    with torch.no_grad():
-        layer.weight.copy_(_tensor(weight))
-        if bias is not None:
-            layer.bias.copy_(_tensor(bias))
+    _filled(layer, weight=weight, bias=bias)
     explicit = None if symmetric else _torch_pad(pads)
     one_d = spatial == 1
 
@@ -226,8 +231,7 @@ def conv(ctx: NodeContext) -> Step:
         x = layer(x if explicit is None else F.pad(x, explicit))
         return x.squeeze(-2) if one_d else x
 
-    tensors = {"weight": ctx.input(1)} | ({"bias": ctx.input(2)} if bias is not None else {})
-    return ctx.step(run, [0], layer=layer, source=Source(ctx.node.name, tensors, "conv1d" if one_d else "same"))
+    return ctx.step(run, [0], layer=layer, source=ctx.source("conv1d" if one_d else "same", weight=1, bias=2))
 
 
 class AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -246,40 +250,29 @@ def batch_norm(ctx: NodeContext) -> Step:
         raise ctx.fail("batch normalisation's scale, bias, mean and variance must be constants of its own")
     scale, bias, mean, var = values
     layer = AnyRankBatchNorm(scale.shape[0], eps=ctx.attr("epsilon", 1e-5), momentum=1 - ctx.attr("momentum", 0.9))
-    with torch.no_grad():
-        layer.weight.copy_(_tensor(scale))
-        layer.bias.copy_(_tensor(bias))
-        layer.running_mean.copy_(_tensor(mean))
-        layer.running_var.copy_(_tensor(var))
-    tensors = dict(zip(("weight", "bias", "running_mean", "running_var"), ctx.node.input[1:5], strict=True))
-    return ctx.step(_call_layer, [0], layer=layer, source=Source(ctx.node.name, tensors))
+    _filled(layer, weight=scale, bias=bias, running_mean=mean, running_var=var)
+    source = ctx.source(weight=1, bias=2, running_mean=3, running_var=4)
+    return ctx.step(_call_layer, [0], layer=layer, source=source)
 
 
 def layer_norm(ctx: NodeContext) -> Step:
-    scale, bias = ctx.owned(1), ctx.owned(2) if ctx.input(2) else None
+    scale, bias = ctx.owned(1), ctx.owned(2)
     axis, rank = ctx.attr("axis", -1), ctx.rank(0)
     if scale is None or (ctx.input(2) and bias is None):
         raise ctx.fail("layer normalisation's scale and bias must be constants of its own")
     normalized = scale.ndim
     if (axis >= 0 and (rank is None or rank - axis != normalized)) or (axis < 0 and -axis != normalized):
         raise ctx.fail(f"normalising from axis {axis} needs a scale over those axes, got shape {list(scale.shape)}")
-    layer = nn.LayerNorm(scale.shape, eps=ctx.attr("epsilon", 1e-5), bias=bias is not None)
-    with torch.no_grad():
-        layer.weight.copy_(_tensor(scale))
-        if bias is not None:
-            layer.bias.copy_(_tensor(bias))
-    tensors = {"weight": ctx.input(1)} | ({"bias": ctx.input(2)} if bias is not None else {})
-    return ctx.step(_call_layer, [0], layer=layer, source=Source(ctx.node.name, tensors))
+    layer = _filled(nn.LayerNorm(scale.shape, eps=ctx.attr("epsilon", 1e-5), bias=bias is not None),
+                    weight=scale, bias=bias)
+    return ctx.step(_call_layer, [0], layer=layer, source=ctx.source(weight=1, bias=2))
 
 
 def gather(ctx: NodeContext) -> Step:
     table, axis = ctx.owned(0), ctx.attr("axis", 0)
     if table is not None and table.ndim == 2 and axis == 0 and np.issubdtype(table.dtype, np.floating):
-        layer = nn.Embedding(table.shape[0], table.shape[1])
-        with torch.no_grad():
-            layer.weight.copy_(_tensor(table))
-        return ctx.step(lambda layer, indices: layer(indices.long()), [1], layer=layer,
-                        source=Source(ctx.node.name, {"weight": ctx.input(0)}))
+        layer = _filled(nn.Embedding(table.shape[0], table.shape[1]), weight=table)
+        return ctx.step(lambda layer, indices: layer(indices.long()), [1], layer=layer, source=ctx.source(weight=0))
 
     def run(data: Tensor, indices: Tensor) -> Tensor:
         dim = axis % data.dim()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from vdcore.graph.net import OnnxNet, load_onnx
@@ -16,15 +16,16 @@ from vdcore.graph.read import OnnxError
 @dataclass(frozen=True)
 class OnnxPlan:
     """A classifier in an ONNX file: one float input of a fixed example shape, one output of ``num_classes``
-    scores per example. ``build()`` imports it again, holding the file's weights."""
+    scores per example. ``build()`` gives a fresh copy of the imported network, holding the file's weights."""
 
     path: Path
     input_shape: tuple[int, ...]
     num_classes: int
     parameters: int
+    net: OnnxNet = field(repr=False, compare=False)
 
     def build(self) -> OnnxNet:
-        return load_onnx(self.path)
+        return copy.deepcopy(self.net)  # importing again would parse, fold and check the file again
 
 
 def plan_onnx(path: str | os.PathLike[str], max_parameters: int | None = None) -> OnnxPlan:
@@ -44,5 +45,4 @@ def plan_onnx(path: str | os.PathLike[str], max_parameters: int | None = None) -
             f"the model must have one output of class scores shaped [batch, classes]; it has {net.output_names}"
             + ("" if len(net.output_names) != 1 else f" shaped {['batch', *outputs.shape[1:]]}")
         )
-    parameters = sum(int(np.prod(value.shape)) for value in net.read.constants.values())
-    return OnnxPlan(Path(path), tuple(net.input_shape[1:]), int(outputs.shape[1]), parameters)
+    return OnnxPlan(Path(path), tuple(net.input_shape[1:]), int(outputs.shape[1]), net.read.parameters, net)

@@ -39,6 +39,11 @@ class ReadGraph:
     def graph(self) -> onnx.GraphProto:
         return self.model.graph
 
+    @property
+    def parameters(self) -> int:
+        """Values in the graph's constants: its weights, and the few shapes and scalars beside them."""
+        return sum(int(np.prod(value.shape)) for value in self.constants.values())
+
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
     """How messages name a node: its name when it has one, else its position, and its operator."""
@@ -112,7 +117,8 @@ def _fold_constants(model: onnx.ModelProto, opset: int) -> ReadGraph:
     if folded:
         raise OnnxError(f"the outputs {folded} do not depend on the input; export a model that uses its input")
     constants = {name: value for name, value in constants.items() if name in used}
-    inputs = [i for i in graph.input if i.name not in constants and i.name not in {t.name for t in graph.initializer}]
+    initializers = {t.name for t in graph.initializer}  # older exports list them among the inputs too
+    inputs = [i for i in graph.input if i.name not in constants and i.name not in initializers]
     new_graph = helper.make_graph(
         kept, graph.name or "graph", inputs, list(graph.output),
         initializer=[numpy_helper.from_array(value, name) for name, value in constants.items()],

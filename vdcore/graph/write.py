@@ -38,7 +38,7 @@ def graph_tensors(layer: nn.Module, source: Source) -> dict[str, np.ndarray]:
 
 def trained_model(net: OnnxNet) -> onnx.ModelProto:
     """The graph ``net`` was read from, holding ``net``'s current weights (Sparse VD layers pruned first)."""
-    net = prune(net) if is_sparsified(net) else net
+    net = _pruned(net)
     model = copy.deepcopy(net.read.model)
     replaced: dict[str, np.ndarray] = {}
     gemms, reshaped = set(), set()  # a Gemm's B is written as [out, in] (transB=1), whatever it was
@@ -60,14 +60,17 @@ def trained_model(net: OnnxNet) -> onnx.ModelProto:
     return model
 
 
+def _pruned(net: OnnxNet) -> OnnxNet:
+    return prune(net) if is_sparsified(net) else net  # type: ignore[return-value]
+
+
 def write_onnx(net: OnnxNet, path: str | os.PathLike[str]) -> ExportResult:
     """Write ``trained_model(net)`` to ``path`` and prove it computes what ``net`` computes: it passes
     ``onnx.checker`` and onnxruntime agrees with PyTorch within ``PARITY_TOLERANCE`` at two batch sizes (else
     ``ExportError``). The file appears at ``path`` only once it is complete."""
     path = Path(path)
-    model = trained_model(net)
-    reference = prune(net) if is_sparsified(net) else net
-    reference = reference.eval().cpu()
+    reference = _pruned(net).eval().cpu()
+    model = trained_model(reference)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
