@@ -4,6 +4,8 @@ import re
 import runpy
 from pathlib import Path
 
+import vdcore
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -24,3 +26,16 @@ def test_library_quickstart_runs(tmp_path, monkeypatch):
     namespace = runpy.run_path(str(script))
     assert (tmp_path / "digits.onnx").exists()
     assert namespace["history"][-1].sparsity > 0.5
+
+
+def test_library_onnx_example_runs(tmp_path, monkeypatch):
+    library = README[README.index("## Use the method in your own training code"):]
+    example = re.findall(r"```python\n(.*?)```", library, re.S)[1]
+    assert "shrink_onnx" in example
+    script = tmp_path / "onnx_example.py"
+    script.write_text(example)
+    monkeypatch.chdir(tmp_path)
+    namespace = runpy.run_path(str(script))
+    assert (tmp_path / "mine-small.onnx").exists()
+    widths, before = vdcore.layer_widths(namespace["shrunk"].net), vdcore.layer_widths(namespace["net"])
+    assert sum(widths) < sum(before), "dead channels are cut out of the graph"

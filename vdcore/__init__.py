@@ -11,6 +11,7 @@
 
     net = vdcore.load_onnx("users_model.onnx")   # a user's ONNX file as a trainable module; sparsify_ it alike
     vdcore.write_onnx(net, "trained.onnx")       # its trained weights, back in the user's own graph
+    vdcore.shrink_onnx(net).save("small.onnx")   # and with its dead units cut out of that graph
 
 SVD in names here means Sparse Variational Dropout (Molchanov et al. 2017), not singular value decomposition.
 The verbs: ``sparsify_`` swaps layers for Sparse VD ones; a layer's *mask* (``log alpha > threshold``) zeroes
@@ -23,7 +24,7 @@ from vdcore.data import DataError, Dataset, load_builtin, load_idx_dir, load_npz
 from vdcore.device import resolve_device
 from vdcore.export import ExportError, ExportResult, export_onnx, onnx_parity, onnx_session
 from vdcore.finetune import finetune
-from vdcore.graph import OPERATORS, OnnxError, OnnxNet, load_onnx, write_onnx
+from vdcore.graph import OPERATORS, GraphShrink, OnnxError, OnnxNet, load_onnx, shrink_onnx, write_onnx
 from vdcore.latency import Latency, measure_latency
 from vdcore.layers import (
     Conv2dScaledSVD,
@@ -78,6 +79,7 @@ __all__ = [
     "GatherInput",
     "GaussianDropoutLinearA",
     "GaussianDropoutLinearB",
+    "GraphShrink",
     "Latency",
     "LayerSparsity",
     "LinearSVD",
@@ -129,6 +131,7 @@ __all__ = [
     "round_units_",
     "save_weights",
     "shrink",
+    "shrink_onnx",
     "sparsify_",
     "sparsity_report",
     "svd_layers",

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from vdcore.export import ExportResult, export_onnx
-from vdcore.graph import OnnxNet, write_onnx
+from vdcore.graph import OnnxNet, shrink_onnx
 from vdcore.latency import measure_latency
 from vdcore.shrink import (
     BatchNorm,
@@ -37,10 +37,6 @@ from vdcore.shrink import (
 from vdcore.sparsify import is_sparsified
 
 LATENCY_BATCHES = (1, 100)
-GRAPH_UNITS_KEPT = (
-    "units are not yet removed from a network imported from ONNX: model.onnx keeps the file's shapes, with the "
-    "pruned weights at zero (which is why its gzip size is smaller and its raw size is not)"
-)
 # Channel counts the hidden convolutions of the shrunk network are also tried padded to (pad_channels).
 CHANNEL_MULTIPLES = (8, 16)
 
@@ -158,14 +154,15 @@ def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportRes
     and the other keeps zero weights for the rest; and hidden convolutions may be padded with zero filters to
     each of ``CHANNEL_MULTIPLES``. Which is faster depends on the batch, the runtime and the CPU, so every
     distinct form is timed side by side with the baseline at batches 1 and 100, and the lowest geometric mean
-    wins. A network imported from ONNX (``OnnxNet``) is written back into its own graph, its units kept.
+    wins. A network imported from ONNX (``OnnxNet``) is shrunk in its own graph (``shrink_onnx``) and written back
+    into it.
     """
     if isinstance(pruned, OnnxNet):
-        export = write_onnx(pruned, out / "model.onnx")
+        shrunk = shrink_onnx(pruned)
+        export = shrunk.save(out / "model.onnx")
         _, latency = race(baseline, [export], tuple(example.shape[1:]))
-        widths = layer_widths(pruned)
-        return Fastest(model=pruned, export=export, latency=latency, units=widths, input_gather=False,
-                       channel_multiple=1, notes=(GRAPH_UNITS_KEPT,))
+        return Fastest(model=shrunk.net, export=export, latency=latency, units=layer_widths(shrunk.net),
+                       input_gather=False, channel_multiple=1, notes=shrunk.notes)
     shrunk = [shrink(pruned, example, gather_inputs=True)]
     if any(isinstance(m, GatherInput) for m in shrunk[0]):
         shrunk.append(shrink(pruned, example, gather_inputs=False))

@@ -4,6 +4,10 @@ from vdcore.graph.net import OnnxNet, load_onnx
 from vdcore.graph.ops import OPERATORS
 from vdcore.graph.plan import OnnxPlan, plan_onnx
 from vdcore.graph.read import OnnxError
+from vdcore.graph.shrink import GraphShrink, shrink_onnx
 from vdcore.graph.write import trained_model, write_onnx
 
-__all__ = ["OPERATORS", "OnnxError", "OnnxNet", "OnnxPlan", "load_onnx", "plan_onnx", "trained_model", "write_onnx"]
+__all__ = [
+    "OPERATORS", "GraphShrink", "OnnxError", "OnnxNet", "OnnxPlan", "load_onnx", "plan_onnx", "shrink_onnx",
+    "trained_model", "write_onnx",
+]

@@ -38,7 +38,7 @@ def graph_tensors(layer: nn.Module, source: Source) -> dict[str, np.ndarray]:
 
 def trained_model(net: OnnxNet) -> onnx.ModelProto:
     """The graph ``net`` was read from, holding ``net``'s current weights (Sparse VD layers pruned first)."""
-    net = _pruned(net)
+    net = pruned_net(net)
     model = copy.deepcopy(net.read.model)
     replaced: dict[str, np.ndarray] = {}
     gemms, reshaped = set(), set()  # a Gemm's B is written as [out, in] (transB=1), whatever it was
@@ -60,17 +60,22 @@ def trained_model(net: OnnxNet) -> onnx.ModelProto:
     return model
 
 
-def _pruned(net: OnnxNet) -> OnnxNet:
+def pruned_net(net: OnnxNet) -> OnnxNet:
+    """``net`` with its Sparse VD layers pruned into plain ones (a copy), or ``net`` if it has none."""
     return prune(net) if is_sparsified(net) else net  # type: ignore[return-value]
 
 
 def write_onnx(net: OnnxNet, path: str | os.PathLike[str]) -> ExportResult:
-    """Write ``trained_model(net)`` to ``path`` and prove it computes what ``net`` computes: it passes
-    ``onnx.checker`` and onnxruntime agrees with PyTorch within ``PARITY_TOLERANCE`` at two batch sizes (else
-    ``ExportError``). The file appears at ``path`` only once it is complete."""
+    """Write ``trained_model(net)`` to ``path`` and prove it computes what ``net`` computes (``save_checked``)."""
+    reference = pruned_net(net).eval().cpu()
+    return save_checked(trained_model(reference), reference, path)
+
+
+def save_checked(model: onnx.ModelProto, reference: OnnxNet, path: str | os.PathLike[str]) -> ExportResult:
+    """Write ``model`` to ``path`` once it passes ``onnx.checker`` and onnxruntime running it agrees with
+    ``reference`` within ``PARITY_TOLERANCE`` at two batch sizes (else ``ExportError``). The file appears at
+    ``path`` only once it is complete."""
     path = Path(path)
-    reference = _pruned(net).eval().cpu()
-    model = trained_model(reference)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
