@@ -2,10 +2,11 @@
 
 ``vdcore.graph.units`` says which unit every value carries and which units are coupled. A unit goes when no
 layer reads it (its outgoing weights are all zero), or when every layer making it has zero incoming weights:
-then it is a constant, and what it adds to the layers reading it is folded into their biases (or, where
-padding makes it vary over space, into a constant added after them). Removals stay rectangular (a tensor loses
-whole rows, columns or channels), each tensor keeps at least one unit, and the shrunk graph is checked against
-the network it came from; units that must stay are counted in the notes, with the reason.
+then it is a constant, and what it adds to the layers reading it is folded into their biases (or, where a
+padded convolution's border makes it vary over space, into a small constant subgraph added after them).
+Removals stay rectangular (a tensor loses whole rows, columns or channels), each tensor keeps at least one
+unit, and the shrunk graph is checked against the network it came from; units that must stay are counted in
+the notes, with the reason.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ class _Tracer:
         self.map.slots[name] = np.ascontiguousarray(slots)
 
 
-def _channel_slots(t: _Tracer, node: onnx.NodeProto, name: str, axis: int = 0) -> np.ndarray | None:
+def _channel_slots(t: _Tracer, name: str, axis: int = 0) -> np.ndarray | None:
     """One slot per index of ``axis`` (of the slots array) if the slots do not vary along the other axes."""
     slots = t.slots(name)
     lines = np.moveaxis(slots, axis, 0).reshape(slots.shape[axis], -1)
@@ -185,7 +185,7 @@ def _conv(t: _Tracer, node: onnx.NodeProto) -> None:
     source, out = node.input[0], node.output[0]
     if weight is None:
         return t.opaque(node, "whose weight is not a constant")
-    cols = _channel_slots(t, node, source)
+    cols = _channel_slots(t, source)
     if cols is None:
         t.units.pin(t.slots(source), f"they reach convolution {node.name!r} other than as its channels")
         cols = np.full(t.shape(source)[1], NO_UNIT, dtype=np.int64)
@@ -225,7 +225,7 @@ def _matmul(t: _Tracer, node: onnx.NodeProto) -> None:
     if b.ndim != 2:
         return t.opaque(node, "whose weight is not a matrix")
     source = node.input[0]
-    cols = _channel_slots(t, node, source, axis=len(t.shape(source)) - 2)
+    cols = _channel_slots(t, source, axis=len(t.shape(source)) - 2)
     if cols is None:
         t.units.pin(t.slots(source), f"they reach MatMul {node.name!r} other than as its features")
         cols = np.full(b.shape[0], NO_UNIT, dtype=np.int64)
@@ -297,7 +297,7 @@ def _gather(t: _Tracer, node: onnx.NodeProto) -> None:
 def _per_channel(t: _Tracer, node: onnx.NodeProto) -> None:
     """Batch normalisation and pooling: each channel on its own, over space."""
     source, out = node.input[0], node.output[0]
-    cols = _channel_slots(t, node, source)
+    cols = _channel_slots(t, source)
     if cols is None:
         return t.opaque(node)
     t.set(out, _spread(cols, t.shape(out)[1:], 0))

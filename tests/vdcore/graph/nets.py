@@ -48,7 +48,7 @@ class ResNetish(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def _separable(channels_in: int, channels_out: int, stride: int) -> nn.Sequential:
+def separable(channels_in: int, channels_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(channels_in, channels_in, 3, stride, 1, groups=channels_in, bias=False),
         nn.BatchNorm2d(channels_in), nn.ReLU6(),
@@ -61,7 +61,7 @@ class MobileNetish(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
-            _separable(8, 16, 1), _separable(16, 32, 2),
+            separable(8, 16, 1), separable(16, 32, 2),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.classifier = nn.Linear(32, classes)
@@ -114,10 +114,11 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def export(model: nn.Module, path: Path, dynamo: bool = True, opset: int | None = None) -> Path:
+def export(model: nn.Module, path: Path, dynamo: bool = True, opset: int | None = None,
+           input_shape: tuple[int, ...] = INPUT_SHAPE) -> Path:
     """``torch.onnx.export`` as a user calls it: one file, a dynamic batch."""
     model = model.eval()
-    example = torch.randn(2, *INPUT_SHAPE)
+    example = torch.randn(2, *input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
