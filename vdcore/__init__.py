@@ -1,7 +1,7 @@
 """Sparse Variational Dropout for PyTorch: swap layers, train, prune, shrink, export.
 
     import vdcore
-    vdcore.sparsify_(model)                       # nn.Linear / nn.Conv2d -> LinearSVD / Conv2dSVD
+    vdcore.sparsify_(model)                       # nn.Linear / Conv2d / Embedding -> LinearSVD / Conv2dSVD / ...
     # (SVDConfig(granularity="weight+unit"): also a scale per unit or filter, so whole units go in shrink)
     vdcore.train(model, (x, y), val=(xv, yv))     # negative ELBO with KL warm-up
     pruned = vdcore.prune(model)
@@ -30,6 +30,7 @@ from vdcore.layers import (
     Conv2dScaledSVD,
     Conv2dSVD,
     Conv2dUnitSVD,
+    EmbeddingSVD,
     LinearScaledSVD,
     LinearSVD,
     LinearUnitSVD,
@@ -73,6 +74,7 @@ __all__ = [
     "Conv2dUnitSVD",
     "DataError",
     "Dataset",
+    "EmbeddingSVD",
     "EpochMetrics",
     "ExportError",
     "ExportResult",

@@ -20,7 +20,7 @@ from vdcore.config import TrainConfig
 from vdcore.sparsify import is_sparsified
 from vdcore.train import Data, EpochMetrics, OnEpoch, ShouldStop, train
 
-MASKED_LAYERS = (nn.Linear, nn.Conv2d)
+MASKED_LAYERS = (nn.Linear, nn.Conv2d, nn.Embedding)
 Hold = Literal["weights", "units"]
 HOLDS: tuple[Hold, ...] = ("weights", "units")
 
@@ -51,8 +51,8 @@ def finetune(
     should_stop: ShouldStop | None = None,
     hold: Hold = "weights",
 ) -> list[EpochMetrics]:
-    """Train a pruned plain network (``vdcore.prune``'s result) on the data term, in place, its linear and conv
-    layers masked by ``held_mask(weight, hold)``; returns the metrics of each epoch as ``train`` does.
+    """Train a pruned plain network (``vdcore.prune``'s result) on the data term, in place, its linear, conv and
+    embedding layers masked by ``held_mask(weight, hold)``; returns the metrics of each epoch as ``train`` does.
 
     The masks are ``torch.nn.utils.prune``'s (``weight_orig`` and ``weight_mask`` during training) and are
     baked in before returning, so the model keeps its plain parameters. Biases train freely.
@@ -64,7 +64,11 @@ def finetune(
     layers = [m for m in model.modules() if isinstance(m, MASKED_LAYERS)]
     with torch.no_grad():
         for layer in layers:
-            prune.custom_from_mask(layer, "weight", held_mask(layer.weight, hold))
+            if isinstance(layer, nn.Embedding):  # a table's units are its columns
+                mask = held_mask(layer.weight.T, hold).T
+            else:
+                mask = held_mask(layer.weight, hold)
+            prune.custom_from_mask(layer, "weight", mask)
     try:
         return train(model, train_data, val, config, on_epoch, checkpoint, should_stop)
     finally:

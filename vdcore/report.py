@@ -67,12 +67,12 @@ class SparsityReport:
 @torch.no_grad()
 def sparsity_report(model: nn.Module) -> SparsityReport:
     """Weights and non-zeros of each weight layer: Sparse VD layers count their evaluation mask, plain
-    ``nn.Linear``/``nn.Conv2d`` count their exact zeros (as after ``prune``)."""
+    ``nn.Linear``/``nn.Conv2d``/``nn.Embedding`` count their exact zeros (as after ``prune``)."""
     layers = []
     for name, module in model.named_modules():
         if isinstance(module, SVDLayer):
             weight = module.masked_weight()
-        elif isinstance(module, nn.Linear | nn.Conv2d):
+        elif isinstance(module, nn.Linear | nn.Conv2d | nn.Embedding):
             weight = module.weight
         else:
             continue

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from vdcore.layers import SVDLayer
+from vdcore.layers import EmbeddingSVD, SVDLayer
 from vdcore.prune import prune
 from vdcore.sparsify import is_sparsified
 
@@ -124,7 +124,7 @@ def layer_widths(model: nn.Module) -> list[int]:
     for module in model.modules():
         if isinstance(module, nn.Linear | nn.Conv2d):
             widths.append(module.weight.shape[0])
-        elif isinstance(module, SVDLayer):
+        elif isinstance(module, SVDLayer) and not isinstance(module, EmbeddingSVD):
             widths.append(module.theta.shape[0])
     return widths
 

@@ -11,6 +11,7 @@ from vdcore.layers import (
     Conv2dScaledSVD,
     Conv2dSVD,
     Conv2dUnitSVD,
+    EmbeddingSVD,
     LinearScaledSVD,
     LinearSVD,
     LinearUnitSVD,
@@ -23,16 +24,19 @@ FilterFn = Callable[[nn.Module, str], bool]
 SVD_LAYER_FOR: dict[type[nn.Module], type[SVDLayer]] = {
     nn.Linear: LinearSVD,
     nn.Conv2d: Conv2dSVD,
+    nn.Embedding: EmbeddingSVD,
 }
 # The same with one dropout rate per output unit or filter (``SVDConfig.granularity == "unit"``).
 UNIT_SVD_LAYER_FOR: dict[type[nn.Module], type[SVDLayer]] = {
     nn.Linear: LinearUnitSVD,
     nn.Conv2d: Conv2dUnitSVD,
+    nn.Embedding: EmbeddingSVD,  # a table's columns are read by the layers after it, which free them
 }
 # Both: a rate per weight and a scale per unit or filter (``"weight+unit"``).
 SCALED_SVD_LAYER_FOR: dict[type[nn.Module], type[SVDLayer]] = {
     nn.Linear: LinearScaledSVD,
     nn.Conv2d: Conv2dScaledSVD,
+    nn.Embedding: EmbeddingSVD,
 }
 LAYERS_BY_GRANULARITY = {"weight": SVD_LAYER_FOR, "unit": UNIT_SVD_LAYER_FOR, "weight+unit": SCALED_SVD_LAYER_FOR}
 
@@ -42,17 +46,20 @@ def _is_swappable(module: nn.Module, fqn: str) -> bool:
 
 
 def _output_layer(model: nn.Module) -> nn.Module | None:
-    """The last weight layer (swappable or already swapped) in definition order: the classifier of a
-    Sequential and of any model that defines its layers in the order it runs them."""
+    """The last weight layer (swappable or already swapped, not a table) in definition order: the classifier
+    of a Sequential and of any model that defines its layers in the order it runs them."""
     last = None
     for fqn, module in model.named_modules():
+        if isinstance(module, nn.Embedding | EmbeddingSVD):
+            continue
         if _is_swappable(module, fqn) or isinstance(module, SVDLayer):
             last = module
     return last
 
 
 def sparsify_(model: nn.Module, config: SVDConfig | None = None, filter_fn: FilterFn | None = None) -> nn.Module:
-    """Replace every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` by its Sparse VD layer, keeping the weights.
+    """Replace every ``nn.Linear``, ``nn.Conv2d`` and ``nn.Embedding`` of ``model`` by its Sparse VD layer, keeping
+    the weights (an embedding table always gets a rate per entry).
 
     Right after the swap the model computes what it did in eval mode. ``filter_fn(module, fqn)`` can leave
     layers out (it is asked only about swappable layers). Returns ``model``, or the new layer when ``model``

@@ -1,7 +1,8 @@
-"""Sparse VD layers: drop-in replacements for ``nn.Linear`` and ``nn.Conv2d``."""
+"""Sparse VD layers: drop-in replacements for ``nn.Linear``, ``nn.Conv2d`` and ``nn.Embedding``."""
 
 from vdcore.layers.base import SVDLayer
 from vdcore.layers.conv2d import Conv2dSVD
+from vdcore.layers.embedding import EmbeddingSVD
 from vdcore.layers.linear import LinearSVD
 from vdcore.layers.scaled import Conv2dScaledSVD, LinearScaledSVD, ScaledSVDLayer
 from vdcore.layers.units import Conv2dUnitSVD, LinearUnitSVD, UnitSVDLayer
@@ -10,6 +11,7 @@ __all__ = [
     "Conv2dSVD",
     "Conv2dScaledSVD",
     "Conv2dUnitSVD",
+    "EmbeddingSVD",
     "LinearSVD",
     "LinearScaledSVD",
     "LinearUnitSVD",

@@ -124,7 +124,7 @@ class SVDLayer(nn.Module):
             "train_mask": config.train_mask,
         }
 
-    def empty_dense(self) -> nn.Linear | nn.Conv2d:
+    def empty_dense(self) -> nn.Linear | nn.Conv2d | nn.Embedding:
         """The plain layer of the same shape, uninitialised; each layer type says which."""
         raise NotImplementedError
 
@@ -133,12 +133,12 @@ class SVDLayer(nn.Module):
         return self.bias
 
     @torch.no_grad()
-    def to_dense(self) -> nn.Linear | nn.Conv2d:
+    def to_dense(self) -> nn.Linear | nn.Conv2d | nn.Embedding:
         """A plain layer holding the masked weights and bias: what this layer computes at evaluation."""
         dense = self.empty_dense()
         dense.weight.copy_(self.masked_weight())
         bias = self.masked_bias()
-        if dense.bias is not None and bias is not None:
+        if getattr(dense, "bias", None) is not None and bias is not None:
             dense.bias.copy_(bias)
         return dense
 
