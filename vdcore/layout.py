@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from vdcore.export import ExportResult, export_onnx
 from vdcore.graph import OnnxNet, shrink_onnx
+from vdcore.graph.shrink import keep_units
 from vdcore.latency import measure_latency
 from vdcore.shrink import (
     BatchNorm,
@@ -154,15 +155,12 @@ def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportRes
     and the other keeps zero weights for the rest; and hidden convolutions may be padded with zero filters to
     each of ``CHANNEL_MULTIPLES``. Which is faster depends on the batch, the runtime and the CPU, so every
     distinct form is timed side by side with the baseline at batches 1 and 100, and the lowest geometric mean
-    wins. A network imported from ONNX (``OnnxNet``) is shrunk in its own graph (``shrink_onnx``) and written back
-    into it.
+    wins. A network imported from ONNX (``OnnxNet``) is shrunk in its own graph (``shrink_onnx``), its
+    convolutions' filter counts rounded up to each of ``CHANNEL_MULTIPLES`` or not, and raced against itself
+    unshrunk.
     """
     if isinstance(pruned, OnnxNet):
-        shrunk = shrink_onnx(pruned)
-        export = shrunk.save(out / "model.onnx")
-        _, latency = race(baseline, [export], tuple(example.shape[1:]))
-        return Fastest(model=shrunk.net, export=export, latency=latency, units=layer_widths(shrunk.net),
-                       input_gather=False, channel_multiple=1, notes=shrunk.notes)
+        return _fastest_graph(pruned, example, baseline, out)
     shrunk = [shrink(pruned, example, gather_inputs=True)]
     if any(isinstance(m, GatherInput) for m in shrunk[0]):
         shrunk.append(shrink(pruned, example, gather_inputs=False))
@@ -190,6 +188,28 @@ def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportRes
         input_gather=any(isinstance(m, GatherInput) for m in small),
         channel_multiple=multiple,
     )
+
+
+def _fastest_graph(pruned: OnnxNet, example: torch.Tensor, baseline: ExportResult, out: Path) -> Fastest:
+    """An imported network's fastest form: shrunk in its own graph with convolutions rounded to each of
+    ``CHANNEL_MULTIPLES`` or not at all, or not shrunk (all write the same function), timed side by side."""
+    forms = []
+    for multiple in (1, *CHANNEL_MULTIPLES):
+        shrunk = shrink_onnx(pruned, multiple)
+        if all(layer_widths(shrunk.net) != layer_widths(form.net) for form, _ in forms):
+            forms.append((shrunk, multiple))
+    unshrunk = keep_units(pruned)
+    if all(layer_widths(unshrunk.net) != layer_widths(form.net) for form, _ in forms):
+        forms.append((unshrunk, 1))
+    exports = [form.save(out / f".model-candidate-{i}.onnx") for i, (form, _) in enumerate(forms)]
+    best, latency = race(baseline, exports, tuple(example.shape[1:]))
+    for i, export in enumerate(exports):
+        if i != best:
+            export.path.unlink()
+    form, multiple = forms[best]
+    return Fastest(model=form.net, export=replace(exports[best], path=exports[best].path.replace(out / "model.onnx")),
+                   latency=latency, units=layer_widths(form.net), input_gather=False, channel_multiple=multiple,
+                   notes=form.notes)
 
 
 def race(

@@ -130,3 +130,18 @@ def test_a_network_with_nothing_dead_comes_back_as_it_was(tmp_path):
     x = net.example_input(4)
     with torch.no_grad():
         np.testing.assert_allclose(result.net(x).numpy(), net(x).numpy(), atol=1e-6)
+
+
+def test_filter_counts_can_be_rounded_up_for_onnxruntimes_fast_convolutions(tmp_path):
+    torch.manual_seed(0)
+    model = randomised(MobileNetish())
+    with torch.no_grad():
+        model.features[4][3].weight[:, :10] = 0  # 10 of the 16 channels between the two blocks are never read
+    net, exact, _ = _shrunk(model, tmp_path)
+    rounded = shrink_onnx(net, channel_multiple=4)
+    assert layer_widths(exact.net) == [8, 8, 6, 6, 32, 10]
+    assert layer_widths(rounded.net) == [8, 8, 8, 8, 32, 10]
+    assert any("multiple of 4" in note for note in rounded.notes), rounded.notes
+    assert max_difference(net, rounded.model, 5) < 1e-4
+    with pytest.raises(ValueError, match="channel_multiple"):
+        shrink_onnx(net, channel_multiple=0)
