@@ -113,7 +113,7 @@ def describe(report: Report, args: argparse.Namespace, weights: int) -> list[str
         "|---|---|",
         f"| test error, the dense file | {error_before:.2f}% |",
         f"| test error, compressed (the shrunk graph) | {error_after:.2f}% ({error_after - error_before:+.2f} point) |",
-        *before_finetuning_rows(report),
+        *before_finetuning_rows(report, columns=1),
         f"| compression (all weights / non-zero) | {report.compression:.1f}x |",
         f"| non-zero weights per layer | {nonzero} |",
         f"| units per layer, before -> after shrink | {report.units.before} -> {report.units.after} |",

@@ -85,12 +85,13 @@ def _kb(size: int) -> str:
     return f"{size / 1024:.1f} KB"
 
 
-def before_finetuning_rows(report: Report) -> list[str]:
-    """A row with the pruned network's test error before fine-tuning (the last training epoch's), when it ran."""
+def before_finetuning_rows(report: Report, columns: int = 2) -> list[str]:
+    """A row with the pruned network's validation error before fine-tuning (the last training epoch's), when
+    fine-tuning ran; ``columns`` is the table's count of value columns (the others get "-")."""
     if not report.history.get(Stage.FINETUNING):
         return []
     error = 100 * (1 - report.history[Stage.TRAINING][-1].val_accuracy)
-    return [f"| test error, compressed, before fine-tuning | {error:.2f}% | - |"]
+    return [f"| validation error, compressed, before fine-tuning | {error:.2f}% |" + " - |" * (columns - 1)]
 
 
 def job_tables(report: Report, pretrain_epochs: int, epochs: int, stage: str) -> list[str]:

@@ -207,8 +207,9 @@ def _fastest_graph(pruned: OnnxNet, example: torch.Tensor, baseline: ExportResul
         if i != best:
             export.path.unlink()
     form, multiple = forms[best]
+    live = forms[0][0]  # shrunk and not rounded: the units the network still uses
     return Fastest(model=form.net, export=replace(exports[best], path=exports[best].path.replace(out / "model.onnx")),
-                   latency=latency, units=layer_widths(form.net), input_gather=False, channel_multiple=multiple,
+                   latency=latency, units=layer_widths(live.net), input_gather=False, channel_multiple=multiple,
                    notes=form.notes)
 
 

@@ -101,7 +101,8 @@ def shrink_onnx(net: OnnxNet, channel_multiple: int = 1) -> GraphShrink:
 def keep_units(net: OnnxNet) -> GraphShrink:
     """``net`` pruned and written back with every unit kept: the form to race a shrunk one against."""
     reference = pruned_net(net).eval().cpu()
-    return GraphShrink(reference, trained_model(reference), 0, ())
+    notes = ("every dead unit stays: this is the graph unshrunk, with the file's shapes",)
+    return GraphShrink(reference, trained_model(reference), 0, notes)
 
 
 def _all_values(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
