@@ -9,6 +9,7 @@ step is the user's own loop: forward, loss (cross entropy, plus the KL over the 
 ``zero_grad``, ``backward``, Adam ``step``.
 
     python bench/train_step.py                        # CPU, LeNet-300-100 and LeNet-5-Caffe
+    python bench/train_step.py --nets lstm,gru --no-reference  # row-by-row MNIST LSTM and GRU, 128 units
     python bench/train_step.py --device cuda          # the same on a GPU (synchronised timing)
     python bench/train_step.py --threads 2 --no-write # pin torch's threads for this process only
     python bench/train_step.py --no-trim              # glibc heap trimming off: compute without page faults
@@ -66,9 +67,24 @@ def lenet5_caffe() -> nn.Module:
     )
 
 
+class RowClassifier(nn.Module):
+    """MNIST read row by row: 28 steps of 28 pixels, a recurrent layer of 128 units, its last step to 10 classes."""
+
+    def __init__(self, kind: type[nn.LSTM] | type[nn.GRU]) -> None:
+        super().__init__()
+        self.rnn = kind(28, 128, batch_first=True)
+        self.classifier = nn.Linear(128, 10)
+
+    def forward(self, rows: Tensor) -> Tensor:
+        out, _ = self.rnn(rows)
+        return self.classifier(out[:, -1])
+
+
 NETWORKS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "lenet300": (lenet_300_100, (784,)),
     "lenet5": (lenet5_caffe, (1, 28, 28)),
+    "lstm": (lambda: RowClassifier(nn.LSTM), (28, 28)),  # plain: PyTorch's fused LSTM kernel
+    "gru": (lambda: RowClassifier(nn.GRU), (28, 28)),
 }
 
 
@@ -126,8 +142,10 @@ def make_runner(net: str, variant: str, device: torch.device, batch: int, seed: 
     if variant != "plain":
         vdcore.sparsify_(model)
         kl = vdcore.kl_divergence
-    if variant == "reference":
+    if variant == "reference":  # recurrent layers have no older implementation: they run as in "svd"
         for _, layer in vdcore.svd_layers(model):
+            if not isinstance(layer, vdcore.LinearSVD | vdcore.Conv2dSVD):
+                continue
             layer.forward = functools.partial(_reference_forward, layer)  # type: ignore[method-assign]
         kl = _reference_kl
     model.train()

@@ -48,7 +48,7 @@ from vdcore.files import atomic_path
 from vdcore.graph import OnnxNet, OnnxPlan, plan_onnx, write_onnx
 from vdcore.layout import Fastest, export_fastest
 from vdcore.shrink import layer_widths
-from vdcore.spec import ModelPlan, SpecError, plan_model
+from vdcore.spec import ModelPlan, SpecError, plan_model, spec_vocabulary
 from vdcore.weights import check_weights, load_weights, save_weights
 
 # The keys of ``JobInput.model``: where the network comes from.
@@ -94,21 +94,33 @@ _DATASET_LIMITS = {"max_bytes": "max_dataset_bytes", "max_samples": "max_dataset
 
 
 def _load_dataset(
-    source: dict[str, str], input_shape: Any, num_classes: Any, *, max_bytes: int, max_samples: int | None
+    source: dict[str, str],
+    input_shape: Any,
+    num_classes: Any,
+    vocabulary: int | None,
+    *,
+    max_bytes: int,
+    max_samples: int | None,
 ) -> Dataset:
     if not isinstance(source, dict) or len(source) != 1:
         raise JobError("dataset must be one of {'builtin': name}, {'npz': path} or {'idx_dir': path}")
     (kind, value), = source.items()
+    if vocabulary is not None and kind != "npz":
+        raise JobError(f"the model looks up token ids, and {kind!r} datasets hold images; send an npz whose 'x' "
+                       f"holds integer ids in 0..{vocabulary - 1}, shaped [examples, steps]")
+    if kind == "npz":
+        return load_npz(value, input_shape, num_classes, max_bytes=max_bytes, max_samples=max_samples,
+                        vocabulary=vocabulary)
     if kind == "builtin":
         return load_builtin(value)
-    if kind == "npz":
-        return load_npz(value, input_shape, num_classes, max_bytes=max_bytes, max_samples=max_samples)
     if kind == "idx_dir":
         return load_idx_dir(value)
     raise JobError(f"unknown dataset kind {kind!r}; use 'builtin', 'npz' or 'idx_dir'")
 
 
-def _plan(job: JobInput, load_dataset: Callable[[Any, Any], Dataset]) -> tuple[ModelPlan | OnnxPlan, Dataset]:
+def _plan(
+    job: JobInput, load_dataset: Callable[[Any, Any, int | None], Dataset]
+) -> tuple[ModelPlan | OnnxPlan, Dataset]:
     """The model's plan and the data, which a preset's shape and class count come from unless it gives them."""
     model = job.model
     if "onnx" in model:
@@ -117,16 +129,16 @@ def _plan(job: JobInput, load_dataset: Callable[[Any, Any], Dataset]) -> tuple[M
         if job.weights is not None:
             raise JobError("an ONNX model holds its own weights; do not send weights with it")
         onnx_plan = plan_onnx(model["onnx"])
-        return onnx_plan, load_dataset(list(onnx_plan.input_shape), onnx_plan.num_classes)
+        return onnx_plan, load_dataset(list(onnx_plan.input_shape), onnx_plan.num_classes, onnx_plan.vocabulary)
     if "spec" in model:
         if len(model) != 1:
             raise JobError("a model given as {'spec': ...} takes no other keys")
         spec = model["spec"]
         if not isinstance(spec, dict):
             raise JobError("model.spec must be an object with input_shape, num_classes and layers")
-        dataset = load_dataset(spec.get("input_shape"), spec.get("num_classes"))
+        dataset = load_dataset(spec.get("input_shape"), spec.get("num_classes"), spec_vocabulary(spec))
         return plan_model(spec), dataset
-    dataset = load_dataset(model.get("input_shape"), model.get("num_classes"))
+    dataset = load_dataset(model.get("input_shape"), model.get("num_classes"), spec_vocabulary(model))
     return plan_model({"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes} | model), dataset
 
 

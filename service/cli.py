@@ -52,7 +52,18 @@ def _model_source(args: argparse.Namespace) -> dict[str, Any]:
         return {"onnx": args.onnx}
     if args.spec:
         return {"spec": json.loads(Path(args.spec).read_text())}
-    return {"preset": args.preset}
+    return {"preset": args.preset, **dict(args.preset_option or [])}
+
+
+def _preset_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON (``hidden_size=64``, ``input_shape=[100]``), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. hidden_size=64), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 class _LiveView:
@@ -277,6 +288,8 @@ def _job_arguments(parser: argparse.ArgumentParser, dataset_help: str) -> None:
     model.add_argument("--preset", default="lenet-300-100", choices=sorted(PRESETS), help="a named architecture")
     model.add_argument("--spec", help="a JSON file describing the architecture")
     model.add_argument("--onnx", help="the network as an ONNX file (torch.onnx.export's), holding its weights")
+    parser.add_argument("--preset-option", action="append", type=_preset_option, metavar="KEY=VALUE",
+                        help="a preset's option, repeatable: e.g. vocabulary=20000 or input_shape=[100]")
     parser.add_argument("--weights", help="a safetensors file of the model's trained weights")
     parser.add_argument("--dataset", default="digits", help=dataset_help)
     add_option_flags(parser)

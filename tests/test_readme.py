@@ -4,6 +4,8 @@ import re
 import runpy
 from pathlib import Path
 
+import torch
+
 import vdcore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,25 +19,32 @@ def test_readme_starts_with_the_two_setup_commands_and_ci_runs_the_test_one():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_library_quickstart_runs(tmp_path, monkeypatch):
+def _run_library_example(index: int, must_mention: str, tmp_path, monkeypatch) -> dict:
+    """Run the ``index``-th python block of the library section as a script in ``tmp_path``; its globals."""
     library = README[README.index("## Use the method in your own training code"):]
-    quickstart = re.search(r"```python\n(.*?)```", library, re.S).group(1)
-    script = tmp_path / "quickstart.py"
-    script.write_text(quickstart)
+    example = re.findall(r"```python\n(.*?)```", library, re.S)[index]
+    assert must_mention in example
+    script = tmp_path / "example.py"
+    script.write_text(example)
     monkeypatch.chdir(tmp_path)
-    namespace = runpy.run_path(str(script))
+    return runpy.run_path(str(script))
+
+
+def test_library_quickstart_runs(tmp_path, monkeypatch):
+    namespace = _run_library_example(0, "sparsify_", tmp_path, monkeypatch)
     assert (tmp_path / "digits.onnx").exists()
     assert namespace["history"][-1].sparsity > 0.5
 
 
 def test_library_onnx_example_runs(tmp_path, monkeypatch):
-    library = README[README.index("## Use the method in your own training code"):]
-    example = re.findall(r"```python\n(.*?)```", library, re.S)[1]
-    assert "shrink_onnx" in example
-    script = tmp_path / "onnx_example.py"
-    script.write_text(example)
-    monkeypatch.chdir(tmp_path)
-    namespace = runpy.run_path(str(script))
+    namespace = _run_library_example(1, "shrink_onnx", tmp_path, monkeypatch)
     assert (tmp_path / "mine-small.onnx").exists()
     widths, before = vdcore.layer_widths(namespace["shrunk"].net), vdcore.layer_widths(namespace["net"])
     assert sum(widths) < sum(before), "dead channels are cut out of the graph"
+
+
+def test_library_recurrent_example_runs(tmp_path, monkeypatch):
+    namespace = _run_library_example(2, "nn.LSTM", tmp_path, monkeypatch)
+    assert (tmp_path / "rows.onnx").exists()
+    assert isinstance(namespace["pruned"][1].rnn, torch.nn.LSTM)
+    assert vdcore.sparsity_report(namespace["pruned"]).compression > 2

@@ -1,7 +1,7 @@
 """Sparse Variational Dropout for PyTorch: swap layers, train, prune, shrink, export.
 
     import vdcore
-    vdcore.sparsify_(model)                       # nn.Linear / Conv2d / Embedding -> LinearSVD / Conv2dSVD / ...
+    vdcore.sparsify_(model)                       # nn.Linear / Conv2d / Embedding / LSTM / GRU -> LinearSVD / ...
     # (SVDConfig(granularity="weight+unit"): also a scale per unit or filter, so whole units go in shrink)
     vdcore.train(model, (x, y), val=(xv, yv))     # negative ELBO with KL warm-up
     pruned = vdcore.prune(model)
@@ -27,6 +27,8 @@ from vdcore.finetune import finetune
 from vdcore.graph import OPERATORS, GraphShrink, OnnxError, OnnxNet, load_onnx, shrink_onnx, write_onnx
 from vdcore.latency import Latency, measure_latency
 from vdcore.layers import (
+    GRUSVD,
+    LSTMSVD,
     Conv2dScaledSVD,
     Conv2dSVD,
     Conv2dUnitSVD,
@@ -34,6 +36,7 @@ from vdcore.layers import (
     LinearScaledSVD,
     LinearSVD,
     LinearUnitSVD,
+    RecurrentSVD,
     ScaledSVDLayer,
     SVDLayer,
     UnitSVDLayer,
@@ -43,6 +46,7 @@ from vdcore.loss import elbo_loss, kl_divergence
 from vdcore.presets import PRESETS
 from vdcore.prune import prune
 from vdcore.report import LayerSparsity, SparsityReport, sparsity_report
+from vdcore.sequence import ImageRows, RecurrentFeatures
 from vdcore.shrink import GatherInput, layer_widths, shrink
 from vdcore.sparsify import is_sparsified, sparsify_, svd_layers
 from vdcore.spec import SpecError, build_model, plan_model, preset_spec
@@ -65,7 +69,9 @@ from vdcore.variants import (
 from vdcore.weights import WeightsError, load_weights, save_weights
 
 __all__ = [
+    "GRUSVD",
     "KINGMA_VARIANTS",
+    "LSTMSVD",
     "OPERATORS",
     "PRESETS",
     "BinaryDropoutLinear",
@@ -82,6 +88,7 @@ __all__ = [
     "GaussianDropoutLinearA",
     "GaussianDropoutLinearB",
     "GraphShrink",
+    "ImageRows",
     "Latency",
     "LayerSparsity",
     "LinearSVD",
@@ -90,6 +97,8 @@ __all__ = [
     "NoisyLinear",
     "OnnxError",
     "OnnxNet",
+    "RecurrentFeatures",
+    "RecurrentSVD",
     "SVDConfig",
     "SVDLayer",
     "ScaledSVDLayer",

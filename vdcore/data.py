@@ -36,7 +36,8 @@ class DataTooLarge(DataError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Training examples and, when there are any, validation examples; ``x`` is float32, ``y`` int64."""
+    """Training examples and, when there are any, validation examples; ``x`` is float32 (or int64 token ids for a
+    model that looks them up), ``y`` int64."""
 
     x: Tensor
     y: Tensor
@@ -117,10 +118,14 @@ def _npz_members(
     return members
 
 
-def _as_examples(x: np.ndarray, part: str, input_shape: Sequence[int]) -> Tensor:
-    """Examples as float32 shaped ``(N, *input_shape)``; a flat ``(N, features)`` array is reshaped."""
+def _as_examples(x: np.ndarray, part: str, input_shape: Sequence[int], vocabulary: int | None = None) -> Tensor:
+    """Examples as float32 shaped ``(N, *input_shape)`` (int64 ids below ``vocabulary`` when given); a flat
+    ``(N, features)`` array is reshaped."""
     if x.dtype.kind not in "iuf":  # not complex, bool, timedelta (which numpy counts as an integer) or text
         raise DataError(f"'{part}' must hold real numbers, it holds {x.dtype}")
+    if vocabulary is not None and x.dtype.kind not in "iu":
+        raise DataError(f"'{part}' holds {x.dtype} values, but the model looks up token ids: give integers "
+                        f"in 0..{vocabulary - 1}")
     shape = tuple(input_shape)
     if x.ndim < 1 or x.shape[1:] != shape:
         if x.ndim == 2 and x.shape[1] == math.prod(shape):
@@ -130,6 +135,13 @@ def _as_examples(x: np.ndarray, part: str, input_shape: Sequence[int]) -> Tensor
                 f"'{part}' has shape {list(x.shape)}, but the model takes examples of shape {list(shape)}: "
                 f"give an array of shape [N, {', '.join(map(str, shape))}] (or [N, {math.prod(shape)}])"
             )
+    if vocabulary is not None:
+        if x.size and (x.min() < 0 or x.max() >= vocabulary):
+            raise DataError(
+                f"'{part}' holds token ids from {x.min()} to {x.max()}, but the model's embedding has {vocabulary} "
+                f"rows: ids must lie in 0..{vocabulary - 1} (map unknown words to one id, or enlarge the table)"
+            )
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64))
     with np.errstate(over="ignore"):  # values beyond float32 become inf, reported just below
         values = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     finite = torch.isfinite(values)
@@ -174,21 +186,26 @@ def _check_model(input_shape: object, num_classes: object) -> None:
 
 
 def from_arrays(
-    arrays: dict[str, np.ndarray], input_shape: Sequence[int], num_classes: int, name: str = "dataset"
+    arrays: dict[str, np.ndarray],
+    input_shape: Sequence[int],
+    num_classes: int,
+    name: str = "dataset",
+    vocabulary: int | None = None,
 ) -> Dataset:
-    """A checked dataset from ``x``, ``y`` and optional ``x_val``, ``y_val`` arrays."""
+    """A checked dataset from ``x``, ``y`` and optional ``x_val``, ``y_val`` arrays; with ``vocabulary``, the
+    examples are token ids below it."""
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"the dataset needs an array named '{key}'; it has {sorted(arrays)}")
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise DataError("give both 'x_val' and 'y_val', or neither")
-    x = _as_examples(arrays["x"], "x", input_shape)
+    x = _as_examples(arrays["x"], "x", input_shape, vocabulary)
     if len(x) == 0:
         raise DataError("'x' holds no examples")
     y = _as_labels(arrays["y"], "y", len(x), num_classes)
     if "x_val" not in arrays:
         return Dataset(x, y, name=name)
-    x_val = _as_examples(arrays["x_val"], "x_val", input_shape)
+    x_val = _as_examples(arrays["x_val"], "x_val", input_shape, vocabulary)
     y_val = _as_labels(arrays["y_val"], "y_val", len(x_val), num_classes)
     return Dataset(x, y, x_val, y_val, name=name)
 
@@ -199,13 +216,15 @@ def load_npz(
     num_classes: int | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_samples: int | None = None,
+    vocabulary: int | None = None,
 ) -> Dataset:
     """Read an ``.npz`` with arrays ``x``, ``y`` (and optionally ``x_val``, ``y_val``), never unpickling.
 
     ``input_shape`` and ``num_classes`` are the model's; left out, they are taken from the data (the shape of
-    an example of ``x``, the largest label + 1). ``max_bytes`` (the arrays' size once decompressed) and
-    ``max_samples`` (examples in ``x`` and ``x_val``) are checked from the arrays' headers before any data is
-    read; ``DataTooLarge`` names the one that was passed.
+    an example of ``x``, the largest label + 1). ``vocabulary``: the model looks up token ids, so ``x`` must
+    hold integers below it (kept as int64); otherwise ``x`` becomes float32. ``max_bytes`` (the arrays' size
+    once decompressed) and ``max_samples`` (examples in ``x`` and ``x_val``) are checked from the arrays'
+    headers before any data is read; ``DataTooLarge`` names the one that was passed.
     """
     path = Path(path)
     _check_model(input_shape, num_classes)
@@ -222,7 +241,7 @@ def load_npz(
         input_shape = arrays["x"].shape[1:] if "x" in arrays else ()
     if num_classes is None:
         num_classes = _label_count(arrays)
-    return from_arrays(arrays, input_shape, num_classes, name=path.name)
+    return from_arrays(arrays, input_shape, num_classes, name=path.name, vocabulary=vocabulary)
 
 
 def _label_count(arrays: dict[str, np.ndarray]) -> int:

@@ -47,7 +47,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: T
     path = Path(path)
     model = prune(model) if is_sparsified(model) else model
     model = model.eval().cpu()
-    example = example_input.detach().cpu().float()
+    example = example_input.detach().cpu()
+    example = example.float() if example.is_floating_point() else example.long()  # token ids stay integers
+    if len(example) < 2:  # traced at batch 1, some layers (nn.LSTM's initial state) would fix the batch at 1
+        example = example.expand(2, *example.shape[1:])
     batch = torch.export.Dim("batch", min=1)
     with atomic_path(path) as tmp:
         with _quiet_exporter():
@@ -71,10 +74,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: T
 
 @torch.no_grad()
 def onnx_parity(model: nn.Module, path: str | os.PathLike[str], example_input: Tensor) -> float:
-    """Largest ``|onnxruntime - PyTorch|`` on a random batch shaped like ``example_input`` but of another size."""
+    """Largest ``|onnxruntime - PyTorch|`` on a random batch shaped like ``example_input`` but of another size (token
+    ids drawn from those in ``example_input``, which the model's tables hold)."""
     generator = torch.Generator().manual_seed(0)
-    batch = example_input.shape[0] + 2
-    x = torch.randn((batch, *example_input.shape[1:]), generator=generator)
+    shape = (example_input.shape[0] + 2, *example_input.shape[1:])
+    if example_input.is_floating_point():
+        x = torch.randn(shape, generator=generator)
+    else:
+        ids = example_input.detach().cpu().long().flatten()
+        x = ids[torch.randint(0, ids.numel(), shape, generator=generator)]
     expected = model.eval()(x).numpy()
     got = onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
     if got.shape != expected.shape:
@@ -95,7 +103,8 @@ def onnx_session(path: str | os.PathLike[str] | bytes, threads: int = 1) -> ort.
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The dynamo exporter prints progress and warns about optional packages; none of it is for our users."""
+    """The dynamo exporter prints progress and warns about optional packages and about ``nn.LSTM``'s internal weight
+    list; none of it is for our users."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -103,6 +112,7 @@ def _quiet_exporter():
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
             yield
     finally:
         logger.setLevel(level)

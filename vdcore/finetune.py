@@ -20,7 +20,7 @@ from vdcore.config import TrainConfig
 from vdcore.sparsify import is_sparsified
 from vdcore.train import Data, EpochMetrics, OnEpoch, ShouldStop, train
 
-MASKED_LAYERS = (nn.Linear, nn.Conv2d, nn.Embedding)
+MASKED_LAYERS = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LSTM, nn.GRU)
 Hold = Literal["weights", "units"]
 HOLDS: tuple[Hold, ...] = ("weights", "units")
 
@@ -51,8 +51,9 @@ def finetune(
     should_stop: ShouldStop | None = None,
     hold: Hold = "weights",
 ) -> list[EpochMetrics]:
-    """Train a pruned plain network (``vdcore.prune``'s result) on the data term, in place, its linear, conv and
-    embedding layers masked by ``held_mask(weight, hold)``; returns the metrics of each epoch as ``train`` does.
+    """Train a pruned plain network (``vdcore.prune``'s result) on the data term, in place, the weights of its
+    linear, conv, embedding and recurrent layers masked by ``held_mask(weight, hold)``; returns the metrics of each
+    epoch as ``train`` does.
 
     The masks are ``torch.nn.utils.prune``'s (``weight_orig`` and ``weight_mask`` during training) and are
     baked in before returning, so the model keeps its plain parameters. Biases train freely.
@@ -61,16 +62,21 @@ def finetune(
         raise ValueError("finetune takes a pruned plain network: call vdcore.prune(model) first")
     if hold not in HOLDS:
         raise ValueError(f"hold must be one of {HOLDS}, got {hold!r}")
-    layers = [m for m in model.modules() if isinstance(m, MASKED_LAYERS)]
+    held = [(m, name) for m in model.modules() if isinstance(m, MASKED_LAYERS) for name in _weight_names(m)]
     with torch.no_grad():
-        for layer in layers:
-            if isinstance(layer, nn.Embedding):  # a table's units are its columns
-                mask = held_mask(layer.weight.T, hold).T
-            else:
-                mask = held_mask(layer.weight, hold)
-            prune.custom_from_mask(layer, "weight", mask)
+        for layer, name in held:
+            weight = getattr(layer, name)
+            table = isinstance(layer, nn.Embedding)  # a table's units are its columns
+            prune.custom_from_mask(layer, name, held_mask(weight.T, hold).T if table else held_mask(weight, hold))
     try:
         return train(model, train_data, val, config, on_epoch, checkpoint, should_stop)
     finally:
-        for layer in layers:
-            prune.remove(layer, "weight")
+        for layer, name in held:
+            prune.remove(layer, name)
+
+
+def _weight_names(layer: nn.Module) -> list[str]:
+    """The weight tensors of a masked layer: ``weight``, or a recurrent layer's ``weight_ih_l0``, ...."""
+    if isinstance(layer, nn.LSTM | nn.GRU):
+        return [name for name, _ in layer.named_parameters(recurse=False) if name.startswith("weight_")]
+    return ["weight"]

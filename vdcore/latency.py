@@ -12,6 +12,8 @@ import numpy as np
 
 from vdcore.export import onnx_session
 
+_INTEGER_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}  # onnxruntime's names of token id types
+
 
 @dataclass(frozen=True)
 class Latency:
@@ -35,11 +37,13 @@ def measure_latency(
     """Median and 90th-percentile time of one ``run`` per file, measured side by side.
 
     Runs alternate between the files, so a busy moment of the machine hits them all alike and their ratio
-    is fair even when the absolute numbers move.
+    is fair even when the absolute numbers move. A float input gets random values; token ids are zeros (an id
+    every table holds: a lookup takes as long whichever row it reads).
     """
     x = np.random.default_rng(0).standard_normal((batch, *input_shape)).astype(np.float32)
     sessions = [onnx_session(path, threads=threads) for path in paths]
-    feeds = [{session.get_inputs()[0].name: x} for session in sessions]  # each file's own input name
+    feeds = [{i.name: np.zeros(x.shape, _INTEGER_TYPES[i.type]) if i.type in _INTEGER_TYPES else x}
+             for i in (session.get_inputs()[0] for session in sessions)]  # each file's own input name and type
     for session, feed in zip(sessions, feeds, strict=True):
         for _ in range(warmup):
             session.run(None, feed)

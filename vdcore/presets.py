@@ -1,4 +1,5 @@
-"""The named architectures of the papers, as specs: LeNet-300-100, LeNet-5-Caffe and the VGG-like CNN.
+"""The named architectures of the papers, as specs: LeNet-300-100, LeNet-5-Caffe, the VGG-like CNN, and the
+recurrent classifiers of Bayesian sparsification of RNNs (an image read row by row, a text classifier).
 
 Plain data: ``vdcore.spec.preset_spec`` checks a preset's name and options and reports their errors.
 """
@@ -84,9 +85,49 @@ def vgg_like(input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10, wi
     return {"input_shape": list(input_shape), "num_classes": num_classes, "layers": layers}
 
 
+def _rows(kind: str) -> Callable[..., Spec]:
+    def preset(input_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, hidden_size: int = 128) -> Spec:
+        return {
+            "input_shape": list(input_shape),
+            "num_classes": num_classes,
+            "layers": [
+                {"type": "rows"},
+                {"type": kind, "hidden_size": hidden_size},
+                {"type": "linear", "out_features": num_classes},
+            ],
+        }
+
+    preset.__doc__ = (f"An image read row by row (MNIST: 28 steps of 28 pixels) by one {kind.upper()} layer of "
+                      f"``hidden_size`` units, its last state classified by a linear layer.")
+    return preset
+
+
+def text_lstm(
+    input_shape: Sequence[int] = (64,),
+    num_classes: int = 2,
+    vocabulary: int = 10000,
+    embedding_dim: int = 64,
+    hidden_size: int = 128,
+) -> Spec:
+    """A text classifier: token ids (``input_shape`` is ``[steps]``) -> an embedding -> an LSTM -> its last state
+    -> a linear layer, as in Lobacheva et al. 2017's IMDb model."""
+    return {
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "layers": [
+            {"type": "embedding", "num_embeddings": vocabulary, "embedding_dim": embedding_dim},
+            {"type": "lstm", "hidden_size": hidden_size},
+            {"type": "linear", "out_features": num_classes},
+        ],
+    }
+
+
 PRESETS: dict[str, Callable[..., Spec]] = {
     "lenet-300-100": lenet_300_100,
     "lenet-5-caffe": lenet_5_caffe,
     "vgg-like": vgg_like,
+    "lstm-rows": _rows("lstm"),
+    "gru-rows": _rows("gru"),
+    "text-lstm": text_lstm,
 }
 

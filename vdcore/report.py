@@ -67,13 +67,16 @@ class SparsityReport:
 @torch.no_grad()
 def sparsity_report(model: nn.Module) -> SparsityReport:
     """Weights and non-zeros of each weight layer: Sparse VD layers count their evaluation mask, plain
-    ``nn.Linear``/``nn.Conv2d``/``nn.Embedding`` count their exact zeros (as after ``prune``)."""
+    ``nn.Linear``/``nn.Conv2d``/``nn.Embedding``/``nn.LSTM``/``nn.GRU`` count their exact zeros (as after ``prune``;
+    a recurrent layer's weight matrices count as one layer, biases aside)."""
     layers = []
     for name, module in model.named_modules():
         if isinstance(module, SVDLayer):
             weight = module.masked_weight()
         elif isinstance(module, nn.Linear | nn.Conv2d | nn.Embedding):
             weight = module.weight
+        elif isinstance(module, nn.LSTM | nn.GRU):
+            weight = torch.cat([p.flatten() for n, p in module.named_parameters() if n.startswith("weight_")])
         else:
             continue
         layers.append(

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from vdcore.layers import EmbeddingSVD, SVDLayer
+from vdcore.layers import EmbeddingSVD, RecurrentSVD, SVDLayer
 from vdcore.prune import prune
+from vdcore.sequence import ImageRows, RecurrentFeatures, shrink_recurrent
 from vdcore.sparsify import is_sparsified
 
 WeightLayer = nn.Linear | nn.Conv2d
@@ -34,7 +35,9 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
     nn.Dropout,
     nn.Identity,
 )
-SUPPORTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, *PASS_THROUGH)
+SUPPORTED: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv2d, nn.Embedding, ImageRows, RecurrentFeatures, *PASS_THROUGH
+)
 # Layers that act on each input value on its own (in eval mode), so they commute with selecting inputs.
 ELEMENTWISE: tuple[type[nn.Module], ...] = (nn.Flatten, nn.Dropout, nn.Identity, nn.ReLU, nn.Tanh)
 
@@ -76,11 +79,14 @@ def shrink(model: nn.Module, example_input: Tensor, gather_inputs: bool = True) 
     into the second layer's bias; this repeats until nothing changes, since each removal can free more.
     Input features or channels the first weight layer never reads are dropped by a leading ``GatherInput``.
     Grouped convolutions keep their channels, and the last weight layer keeps its outputs (the logits).
+    Recurrent layers (in ``RecurrentFeatures``) lose the hidden units nothing reads or that only add a constant
+    to the classifier, and the embedding before one loses the columns it does not read (``vdcore.sequence``).
 
     Args:
-        model: an ``nn.Sequential`` (nested ones are flattened) of ``nn.Linear``, ``nn.Conv2d``,
-            ``nn.BatchNorm1d/2d``, ``nn.ReLU``, ``nn.Tanh``, ``nn.MaxPool2d``, ``nn.AvgPool2d``, ``nn.Flatten``,
-            ``nn.Dropout`` and ``nn.Identity``, or the same with Sparse VD layers. It is not changed.
+        model: an ``nn.Sequential`` (nested ones are flattened) of ``nn.Linear``, ``nn.Conv2d``, ``nn.Embedding``,
+            ``RecurrentFeatures``, ``nn.BatchNorm1d/2d``, ``nn.ReLU``, ``nn.Tanh``, ``nn.MaxPool2d``,
+            ``nn.AvgPool2d``, ``nn.Flatten``, ``nn.Dropout`` and ``nn.Identity``, or the same with Sparse VD
+            layers. It is not changed.
         example_input: a batch (of any size) shaped like the model's input; it fixes the spatial sizes.
         gather_inputs: drop unread inputs with a leading ``GatherInput``. ``False`` keeps every input and
             leaves the unread ones as zero columns of the first layer: onnxruntime gathers across features
@@ -109,14 +115,15 @@ def shrink(model: nn.Module, example_input: Tensor, gather_inputs: bool = True) 
         changed = False
         for ia, ib in weight_pairs(layers):
             changed |= _shrink_pair(layers, ia, ib, input_shapes(layers, x))
+        changed |= shrink_recurrent(layers, x)
     if gather_inputs:
         layers = _gather_read_inputs(layers, input_shapes(layers, x))
     return nn.Sequential(*layers).eval()
 
 
 def layer_widths(model: nn.Module) -> list[int]:
-    """Output features or channels of each Linear and Conv2d layer (plain or Sparse VD, per weight or per
-    unit), in order.
+    """Output features or channels of each Linear and Conv2d layer and hidden units of each LSTM and GRU (plain
+    or Sparse VD, per weight or per unit), in order.
 
     Shows at a glance what ``shrink`` kept, e.g. ``17-32-329-75``.
     """
@@ -124,6 +131,8 @@ def layer_widths(model: nn.Module) -> list[int]:
     for module in model.modules():
         if isinstance(module, nn.Linear | nn.Conv2d):
             widths.append(module.weight.shape[0])
+        elif isinstance(module, nn.LSTM | nn.GRU | RecurrentSVD):
+            widths.append(module.hidden_size)
         elif isinstance(module, SVDLayer) and not isinstance(module, EmbeddingSVD):
             widths.append(module.theta.shape[0])
     return widths

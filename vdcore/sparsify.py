@@ -8,6 +8,8 @@ from torch import nn
 
 from vdcore.config import SVDConfig
 from vdcore.layers import (
+    GRUSVD,
+    LSTMSVD,
     Conv2dScaledSVD,
     Conv2dSVD,
     Conv2dUnitSVD,
@@ -15,6 +17,7 @@ from vdcore.layers import (
     LinearScaledSVD,
     LinearSVD,
     LinearUnitSVD,
+    RecurrentSVD,
     SVDLayer,
 )
 
@@ -25,18 +28,23 @@ SVD_LAYER_FOR: dict[type[nn.Module], type[SVDLayer]] = {
     nn.Linear: LinearSVD,
     nn.Conv2d: Conv2dSVD,
     nn.Embedding: EmbeddingSVD,
+    nn.LSTM: LSTMSVD,
+    nn.GRU: GRUSVD,
 }
+# Tables and recurrent layers keep a rate per weight at every granularity: a table's columns are read by the
+# layers after it, which free them, and a recurrent layer's hidden units by its own weights and the next layer's.
+PER_WEIGHT_ALWAYS = {nn.Embedding: EmbeddingSVD, nn.LSTM: LSTMSVD, nn.GRU: GRUSVD}
 # The same with one dropout rate per output unit or filter (``SVDConfig.granularity == "unit"``).
 UNIT_SVD_LAYER_FOR: dict[type[nn.Module], type[SVDLayer]] = {
     nn.Linear: LinearUnitSVD,
     nn.Conv2d: Conv2dUnitSVD,
-    nn.Embedding: EmbeddingSVD,  # a table's columns are read by the layers after it, which free them
+    **PER_WEIGHT_ALWAYS,
 }
 # Both: a rate per weight and a scale per unit or filter (``"weight+unit"``).
 SCALED_SVD_LAYER_FOR: dict[type[nn.Module], type[SVDLayer]] = {
     nn.Linear: LinearScaledSVD,
     nn.Conv2d: Conv2dScaledSVD,
-    nn.Embedding: EmbeddingSVD,
+    **PER_WEIGHT_ALWAYS,
 }
 LAYERS_BY_GRANULARITY = {"weight": SVD_LAYER_FOR, "unit": UNIT_SVD_LAYER_FOR, "weight+unit": SCALED_SVD_LAYER_FOR}
 
@@ -46,11 +54,11 @@ def _is_swappable(module: nn.Module, fqn: str) -> bool:
 
 
 def _output_layer(model: nn.Module) -> nn.Module | None:
-    """The last weight layer (swappable or already swapped, not a table) in definition order: the classifier
-    of a Sequential and of any model that defines its layers in the order it runs them."""
+    """The last weight layer (swappable or already swapped, not a table or a recurrent layer) in definition
+    order: the classifier of a Sequential and of any model that defines its layers in the order it runs them."""
     last = None
     for fqn, module in model.named_modules():
-        if isinstance(module, nn.Embedding | EmbeddingSVD):
+        if isinstance(module, (*PER_WEIGHT_ALWAYS, EmbeddingSVD, RecurrentSVD)):
             continue
         if _is_swappable(module, fqn) or isinstance(module, SVDLayer):
             last = module
@@ -58,8 +66,8 @@ def _output_layer(model: nn.Module) -> nn.Module | None:
 
 
 def sparsify_(model: nn.Module, config: SVDConfig | None = None, filter_fn: FilterFn | None = None) -> nn.Module:
-    """Replace every ``nn.Linear``, ``nn.Conv2d`` and ``nn.Embedding`` of ``model`` by its Sparse VD layer, keeping
-    the weights (an embedding table always gets a rate per entry).
+    """Replace every ``nn.Linear``, ``nn.Conv2d``, ``nn.Embedding``, ``nn.LSTM`` and ``nn.GRU`` of ``model`` by its
+    Sparse VD layer, keeping the weights (tables and recurrent layers always get a rate per weight).
 
     Right after the swap the model computes what it did in eval mode. ``filter_fn(module, fqn)`` can leave
     layers out (it is asked only about swappable layers). Returns ``model``, or the new layer when ``model``

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from vdcore.presets import PRESETS
+from vdcore.sequence import REDUCTIONS, ImageRows, RecurrentFeatures
 
 Shape = tuple[int, ...]
 
@@ -29,6 +30,7 @@ DEFAULT_MAX_PARAMETERS = 200_000_000
 MAX_DIMENSION = 1 << 16
 MAX_ELEMENTS_PER_EXAMPLE = 1 << 26
 MAX_LAYERS = 1000
+MAX_RECURRENT_LAYERS = 8
 
 
 class SpecError(ValueError):
@@ -186,10 +188,52 @@ def _dropout(args: _Args, shape: Shape) -> LayerPlan:
     return LayerPlan(lambda: nn.Dropout(float(p)), shape, 0)
 
 
+def _embedding(args: _Args, shape: Shape) -> LayerPlan:
+    if args.index != 0:
+        raise args.error("an embedding looks up the model's token ids, so it must be the first layer")
+    _need_rank(args, shape, (1,), "token ids [steps]")
+    count, dim = args.int("num_embeddings"), args.int("embedding_dim")
+    return LayerPlan(lambda: nn.Embedding(count, dim), (shape[0], dim), count * dim, learns=True)
+
+
+def _rows(args: _Args, shape: Shape) -> LayerPlan:
+    _need_rank(args, shape, (3,), "an image [channels, height, width]")
+    return LayerPlan(ImageRows, (shape[1], shape[0] * shape[2]), 0)
+
+
+def _recurrent(module: type[nn.LSTM] | type[nn.GRU]) -> Callable[[_Args, Shape], LayerPlan]:
+    gates = 4 if module is nn.LSTM else 3
+
+    def plan(args: _Args, shape: Shape) -> LayerPlan:
+        _need_rank(args, shape, (2,), "sequences [steps, features] (token ids: an embedding layer first; an image: "
+                   "a rows layer first)")
+        args.expect("input_size", shape[1])
+        hidden, layers = args.int("hidden_size"), args.int("num_layers", 1)
+        if layers > MAX_RECURRENT_LAYERS:
+            raise args.error(f"'num_layers' may be at most {MAX_RECURRENT_LAYERS}, got {layers}")
+        bidirectional, bias = args.bool("bidirectional", False), args.bool("bias", True)
+        reduce = args.raw.get("output", "last")
+        if reduce not in REDUCTIONS:
+            raise args.error(f"'output' must be one of {list(REDUCTIONS)} (the last step's state or the mean over "
+                             f"steps), got {reduce!r}")
+        directions = 2 if bidirectional else 1
+        inputs = [shape[1]] + [hidden * directions] * (layers - 1)
+        parameters = directions * sum(gates * hidden * (i + hidden + 2 * bias) for i in inputs)
+
+        def build() -> RecurrentFeatures:
+            rnn = module(shape[1], hidden, layers, bias=bias, batch_first=True, bidirectional=bidirectional)
+            return RecurrentFeatures(rnn, reduce)
+
+        return LayerPlan(build, (hidden * directions,), parameters, learns=True)
+
+    return plan
+
+
 def _elementwise(module: type[nn.Module]) -> Callable[[_Args, Shape], LayerPlan]:
     return lambda args, shape: LayerPlan(module, shape, 0)
 
 
+_RECURRENT_OPTIONS = {"hidden_size", "input_size", "num_layers", "bidirectional", "bias", "output"}
 # type -> (options it takes, planner). A new layer type is one planner and one line here.
 LAYER_TYPES: dict[str, tuple[set[str], Callable[[_Args, Shape], LayerPlan]]] = {
     "linear": ({"out_features", "in_features", "bias"}, _linear),
@@ -205,6 +249,10 @@ LAYER_TYPES: dict[str, tuple[set[str], Callable[[_Args, Shape], LayerPlan]]] = {
     "avgpool2d": ({"kernel_size", "stride", "padding"}, _pool(nn.AvgPool2d)),
     "flatten": (set(), _flatten),
     "dropout": ({"p"}, _dropout),
+    "embedding": ({"num_embeddings", "embedding_dim"}, _embedding),
+    "rows": (set(), _rows),
+    "lstm": (_RECURRENT_OPTIONS, _recurrent(nn.LSTM)),
+    "gru": (_RECURRENT_OPTIONS, _recurrent(nn.GRU)),
 }
 
 
@@ -215,6 +263,7 @@ class ModelPlan:
     input_shape: Shape
     num_classes: int
     layers: list[LayerPlan]
+    vocabulary: int | None = None  # token ids the model reads (its embedding's rows); None: float examples
 
     @property
     def parameters(self) -> int:
@@ -226,7 +275,10 @@ class ModelPlan:
 
 def check_shape(value: Any, what: str) -> Shape:
     if not isinstance(value, list | tuple) or not 1 <= len(value) <= 3:
-        raise SpecError(f"{what} must be a list of 1 to 3 positive integers ([features] or [C, H, W]), got {value!r}")
+        raise SpecError(
+            f"{what} must be a list of 1 to 3 positive integers ([features], [steps, features], [C, H, W], or "
+            f"[steps] of token ids), got {value!r}"
+        )
     if any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIMENSION for v in value):
         raise SpecError(f"{what} must hold integers between 1 and {MAX_DIMENSION}, got {value!r}")
     return tuple(value)
@@ -297,8 +349,24 @@ def plan_model(spec: dict[str, Any], max_parameters: int = DEFAULT_MAX_PARAMETER
             "scores; end with a linear layer of that many out_features"
         )
     if not any(p.learns for p in plans):
-        raise SpecError("the model has no linear or conv2d layer, so there is nothing to learn or compress")
-    return ModelPlan(input_shape=input_shape, num_classes=classes, layers=plans)
+        raise SpecError("the model has no weight layer (linear, conv2d, embedding, lstm, gru), so there is nothing "
+                        "to learn or compress")
+    return ModelPlan(input_shape=input_shape, num_classes=classes, layers=plans, vocabulary=spec_vocabulary(spec))
+
+
+def spec_vocabulary(spec: dict[str, Any]) -> int | None:
+    """How many token ids a spec's model reads (its first layer's ``num_embeddings``), or None when it takes
+    float examples; what a dataset needs to know before the spec is planned (it may give the spec's shape).
+    A preset is expanded first; a spec too broken to tell is None here and refused by ``plan_model``."""
+    if isinstance(spec, dict) and isinstance(spec.get("preset"), str):
+        try:
+            spec = preset_spec(spec["preset"], **{k: v for k, v in spec.items() if k != "preset"})
+        except SpecError:
+            return None
+    layers = spec.get("layers") if isinstance(spec, dict) else None
+    first = layers[0] if isinstance(layers, list) and layers and isinstance(layers[0], dict) else {}
+    count = first.get("num_embeddings") if first.get("type") == "embedding" else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from service.core.config import Settings
 from tests.service.test_routes import multipart, upload_dir_is_empty
-from tests.vdcore.graph.nets import AttentionClassifier, export, handmade_mlp
+from tests.vdcore.graph.nets import AttentionClassifier, RowReader, export, handmade_mlp
 from vdcore.data import load_digits
 from vdcore.export import onnx_session
 from worker.execute import execute_job
@@ -25,13 +25,13 @@ def _run(client, job_id: str) -> str:
     return execute_job(job_id, sessions=state.sessionmaker, storage=state.storage, settings=settings)
 
 
-@pytest.mark.parametrize("network", ["handmade", "attention"])
+@pytest.mark.parametrize("network", ["handmade", "attention", "lstm"])
 def test_an_uploaded_onnx_model_is_compressed_and_comes_back_in_its_own_graph(client, alice, tmp_path, network):
     if network == "handmade":
         path = handmade_mlp(tmp_path / "net.onnx")
     else:
         torch.manual_seed(0)
-        path = export(AttentionClassifier(), tmp_path / "net.onnx")
+        path = export(AttentionClassifier() if network == "attention" else RowReader(), tmp_path / "net.onnx")
     request = {"dataset": {"builtin": "digits"}, "options": QUICK}
     response = client.post("/v1/jobs", files=multipart(request, model=path.read_bytes()), headers=alice)
     assert response.status_code == 202, response.text

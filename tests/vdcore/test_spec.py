@@ -68,7 +68,14 @@ HEAD = {"type": "linear", "out_features": 10}
         (_mlp(FLAT, HEAD, input_shape="28x28"), "list of 1 to 3"),
         (_mlp(FLAT, HEAD, num_classes=1), "num_classes"),
         (_mlp(), "non-empty list"),
-        (_mlp({"type": "lstm"}), r"layers\[0\] \(lstm\): unknown layer type"),
+        (_mlp({"type": "transformer"}), r"layers\[0\] \(transformer\): unknown layer type"),
+        (_mlp({"type": "lstm", "hidden_size": 8}, HEAD), r"layers\[0\] \(lstm\): needs an input of sequences"),
+        (_mlp({"type": "rows"}, {"type": "lstm"}, HEAD), "'hidden_size' is required"),
+        (_mlp({"type": "rows"}, {"type": "gru", "hidden_size": 8, "output": "max"}, HEAD), "'output' must be one of"),
+        (_mlp({"type": "rows"}, {"type": "gru", "hidden_size": 8, "num_layers": 9}, HEAD), "at most 8"),
+        (_mlp({"type": "rows"}, {"type": "lstm", "hidden_size": 8, "input_size": 7}, HEAD), "'input_size' is 7"),
+        (_mlp(FLAT, {"type": "embedding", "num_embeddings": 5, "embedding_dim": 4}, HEAD), "must be the first"),
+        (_mlp({"type": "embedding", "num_embeddings": 5, "embedding_dim": 4}, HEAD), r"token ids \[steps\]"),
         (_mlp({"kind": "linear"}), "string 'type'"),
         (_mlp(HEAD), r"layers\[0\] \(linear\): needs an input of flat features; put a flatten"),
         (_mlp(FLAT, {"type": "linear", "out_features": 10, "in_features": 63}), "'in_features' is 63 but"),
@@ -84,7 +91,7 @@ HEAD = {"type": "linear", "out_features": 10}
         (_mlp(FLAT, {"type": "dropout", "p": 1.5}, HEAD), "probability"),
         (_mlp(FLAT, {"type": "batchnorm2d"}, HEAD), r"batchnorm2d\): needs an input of shape \[channels"),
         (_mlp(FLAT, {"type": "linear", "out_features": 7}), "outputs shape \\[7\\]"),
-        (_mlp(FLAT, {"type": "relu"}, num_classes=64), "no linear or conv2d"),
+        (_mlp(FLAT, {"type": "relu"}, num_classes=64), "no weight layer"),
         (_mlp(FLAT, *[{"type": "linear", "out_features": 60000}] * 3, HEAD), "more than 200,000,000 parameters"),
         (_mlp({"type": "relu"}, input_shape=[65536, 65536, 65536]), "values per example"),
     ],
@@ -92,6 +99,27 @@ HEAD = {"type": "linear", "out_features": 10}
 def test_bad_specs_say_what_is_wrong(spec, message):
     with pytest.raises(SpecError, match=message):
         plan_model(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        ({"preset": "lstm-rows"}, (1, 28, 28)),
+        ({"preset": "gru-rows", "hidden_size": 16, "input_shape": [3, 8, 8]}, (3, 8, 8)),
+        ({"preset": "text-lstm", "vocabulary": 50, "embedding_dim": 8, "hidden_size": 16}, (64,)),
+        (_mlp({"type": "rows"}, {"type": "lstm", "hidden_size": 6, "num_layers": 2, "bidirectional": True,
+                                 "output": "mean"}, {"type": "relu"}, HEAD), (1, 8, 8)),
+        ({"input_shape": [5, 3], "num_classes": 2, "layers": [{"type": "gru", "hidden_size": 4, "bias": False},
+                                                              {"type": "linear", "out_features": 2}]}, (5, 3)),
+    ],
+)
+def test_recurrent_specs_build_sequence_classifiers_of_the_planned_size(spec, shape):
+    plan = plan_model(spec)
+    model = plan.build().eval()
+    assert plan.parameters == sum(p.numel() for p in model.parameters())
+    x = torch.randint(0, 50, (2, *shape)) if plan.vocabulary else torch.randn(2, *shape)
+    assert plan.vocabulary == (50 if spec.get("preset") == "text-lstm" else None)
+    assert model(x).shape == (2, plan.num_classes)
 
 
 def test_preset_spec_validates_input_shape_before_use():

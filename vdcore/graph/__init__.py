@@ -1,7 +1,6 @@
 """Users' own networks as ONNX files: read into trainable PyTorch modules, and written back once trained."""
 
-from vdcore.graph.net import OnnxNet, load_onnx
-from vdcore.graph.ops import OPERATORS
+from vdcore.graph.net import OPERATORS, OnnxNet, load_onnx
 from vdcore.graph.plan import OnnxPlan, plan_onnx
 from vdcore.graph.read import OnnxError
 from vdcore.graph.shrink import GraphShrink, shrink_onnx

@@ -15,9 +15,13 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 
 from vdcore.export import onnx_session
-from vdcore.graph.ops import CONVERTERS, ONNX_DTYPES, OPERATORS, NodeContext, Source, Step
+from vdcore.graph import ops
+from vdcore.graph.ops import ONNX_DTYPES, NodeContext, Source, Step
 from vdcore.graph.read import OnnxError, ReadGraph, node_label, read_onnx
+from vdcore.graph.recurrent import RECURRENT_CONVERTERS
 
+CONVERTERS = {**ops.CONVERTERS, **RECURRENT_CONVERTERS}
+OPERATORS = tuple(sorted(CONVERTERS))  # what an imported file may hold, for messages and the README
 # Largest tolerated |onnxruntime - PyTorch| when a file is imported; beyond it the import is wrong.
 IMPORT_TOLERANCE = 1e-4
 # Sizes given to the input's symbolic dimensions other than the batch when an import is checked.

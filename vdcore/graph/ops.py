@@ -2,8 +2,8 @@
 that hold weights, a trainable layer (``nn.Linear``, ``nn.Conv2d``, ``nn.BatchNorm``, ``nn.LayerNorm``,
 ``nn.Embedding``) with a ``Source`` saying where its weights go back in the graph.
 
-A converter takes a ``NodeContext`` and returns a ``Step``. An operator missing here is refused at import,
-naming the node (``OPERATORS`` lists what is supported, for messages and the README).
+A converter takes a ``NodeContext`` and returns a ``Step``. An operator missing here (and from
+``vdcore.graph.recurrent``, LSTM and GRU) is refused at import, naming the node.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def _stateless(fn: Callable[..., Any]) -> Callable[..., Any]:
 # --- layers that hold weights -----------------------------------------------------------------------------
 
 
-def _filled(layer: nn.Module, **values: np.ndarray | None) -> nn.Module:
+def filled(layer: nn.Module, **values: np.ndarray | None) -> nn.Module:
     """``layer`` holding ``values``, by parameter or buffer name (None: a bias the layer does not have)."""
     with torch.no_grad():
         for name, value in values.items():
@@ -128,7 +128,7 @@ def _filled(layer: nn.Module, **values: np.ndarray | None) -> nn.Module:
 
 def _linear(weight: np.ndarray, bias: np.ndarray | None) -> nn.Module:
     """An ``nn.Linear`` holding ``weight`` (``[out, in]``) and ``bias``."""
-    return _filled(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), weight=weight, bias=bias)
+    return filled(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), weight=weight, bias=bias)
 
 
 def _call_layer(layer: nn.Module, x: Tensor) -> Tensor:
@@ -222,7 +222,7 @@ def conv(ctx: NodeContext) -> Step:
         pads = [0, pads[0], 0, pads[1]]
     layer = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(kernel), tuple(strides),
                       tuple(pads[:2]) if symmetric else 0, tuple(dilations), groups, bias=bias is not None)
-    _filled(layer, weight=weight, bias=bias)
+    filled(layer, weight=weight, bias=bias)
     explicit = None if symmetric else _torch_pad(pads)
     one_d = spatial == 1
 
@@ -250,7 +250,7 @@ def batch_norm(ctx: NodeContext) -> Step:
         raise ctx.fail("batch normalisation's scale, bias, mean and variance must be constants of its own")
     scale, bias, mean, var = values
     layer = AnyRankBatchNorm(scale.shape[0], eps=ctx.attr("epsilon", 1e-5), momentum=1 - ctx.attr("momentum", 0.9))
-    _filled(layer, weight=scale, bias=bias, running_mean=mean, running_var=var)
+    filled(layer, weight=scale, bias=bias, running_mean=mean, running_var=var)
     source = ctx.source(weight=1, bias=2, running_mean=3, running_var=4)
     return ctx.step(_call_layer, [0], layer=layer, source=source)
 
@@ -263,7 +263,7 @@ def layer_norm(ctx: NodeContext) -> Step:
     normalized = scale.ndim
     if (axis >= 0 and (rank is None or rank - axis != normalized)) or (axis < 0 and -axis != normalized):
         raise ctx.fail(f"normalising from axis {axis} needs a scale over those axes, got shape {list(scale.shape)}")
-    layer = _filled(nn.LayerNorm(scale.shape, eps=ctx.attr("epsilon", 1e-5), bias=bias is not None),
+    layer = filled(nn.LayerNorm(scale.shape, eps=ctx.attr("epsilon", 1e-5), bias=bias is not None),
                     weight=scale, bias=bias)
     return ctx.step(_call_layer, [0], layer=layer, source=ctx.source(weight=1, bias=2))
 
@@ -271,7 +271,7 @@ def layer_norm(ctx: NodeContext) -> Step:
 def gather(ctx: NodeContext) -> Step:
     table, axis = ctx.owned(0), ctx.attr("axis", 0)
     if table is not None and table.ndim == 2 and axis == 0 and np.issubdtype(table.dtype, np.floating):
-        layer = _filled(nn.Embedding(table.shape[0], table.shape[1]), weight=table)
+        layer = filled(nn.Embedding(table.shape[0], table.shape[1]), weight=table)
         return ctx.step(lambda layer, indices: layer(indices.long()), [1], layer=layer, source=ctx.source(weight=0))
 
     def run(data: Tensor, indices: Tensor) -> Tensor:
@@ -546,4 +546,3 @@ CONVERTERS: dict[str, Callable[[NodeContext], Step]] = {
     "ReduceMax": _reduce(torch.amax),
     "Dropout": _dropout, "Identity": _identity, "Shape": _shape, "Cast": _cast, "ConstantOfShape": _constant_of_shape,
 }
-OPERATORS = tuple(sorted(CONVERTERS))

@@ -416,6 +416,7 @@ RULES: dict[str, Callable[[_Tracer, onnx.NodeProto], None]] = {
     "LayerNormalization": _normalise(_layer_norm_axes),
     "Softmax": _normalise(lambda t, node: [int(t.attr(node, "axis", -1))]),
     "LogSoftmax": _normalise(lambda t, node: [int(t.attr(node, "axis", -1))]),
+    **dict.fromkeys(("LSTM", "GRU"), lambda t, node: t.opaque(node, "a recurrent node, whose units stay for now")),
 }
 
 

@@ -19,12 +19,15 @@ from vdcore.export import PARITY_TOLERANCE, ExportError, ExportResult
 from vdcore.files import atomic_path
 from vdcore.graph.net import CHECK_BATCH, OnnxNet, max_difference
 from vdcore.graph.ops import Source
+from vdcore.graph.recurrent import RECURRENT_CONVERTERS, onnx_tensors
 from vdcore.prune import prune
 from vdcore.sparsify import is_sparsified
 
 
 def graph_tensors(layer: nn.Module, source: Source) -> dict[str, np.ndarray]:
     """The initializers ``layer`` fills, by name, in the layout its node reads them."""
+    if source.layout in RECURRENT_CONVERTERS:
+        return onnx_tensors(layer, source)
     tensors = {}
     for attribute, name in source.tensors.items():
         value = getattr(layer, attribute).detach().cpu().numpy()

@@ -100,6 +100,21 @@ class AttentionClassifier(nn.Module):
         return self.classifier(tokens.mean(dim=1))
 
 
+class RowReader(nn.Module):
+    """An image's rows (28 or 8 steps of pixels) through an LSTM or GRU, its last output classified: the
+    row-by-row classifier as a user writes it, with the recurrent layer inside a graph of their own."""
+
+    def __init__(self, kind: type[nn.LSTM] | type[nn.GRU] = nn.LSTM, hidden: int = 16, side: int = 8,
+                 classes: int = 10, **shape) -> None:
+        super().__init__()
+        self.rnn = kind(side, hidden, batch_first=True, **shape)
+        self.classifier = nn.Linear(hidden * (2 if self.rnn.bidirectional else 1), classes)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(pixels[:, 0])
+        return self.classifier(out[:, -1])
+
+
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Batchnorm statistics and affine terms away from 1 and 0, so that an importer that drops them fails."""
     generator = torch.Generator().manual_seed(seed)
