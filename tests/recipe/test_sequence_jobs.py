@@ -2,6 +2,7 @@
 ONNX files hold LSTM nodes and run in onnxruntime at the reported accuracy, and token data is checked."""
 
 import collections
+import warnings
 
 import numpy as np
 import onnx
@@ -10,6 +11,7 @@ import torch
 
 from recipe.options import JobOptions
 from recipe.pipeline import JobError, JobInput, prepare, run
+from tests.vdcore.test_embedding import VOCABULARY, TokenClassifier
 from vdcore.data import load_digits
 from vdcore.export import onnx_session
 
@@ -65,3 +67,21 @@ def test_token_jobs_refuse_data_that_is_not_ids_of_the_table(tmp_path):
         prepare(JobInput(TEXT, {"npz": str(tmp_path / "floats.npz")}))
     with pytest.raises(JobError, match=r"examples of shape \[12\]"):
         prepare(JobInput(TEXT | {"input_shape": [12]}, {"npz": str(_tokens(tmp_path / "short.npz"))}))
+
+
+def test_an_onnx_token_classifier_takes_npz_token_ids(tmp_path):
+    """A user's ONNX file whose int64 input indexes an embedding table: the job feeds it the npz's ids."""
+    torch.manual_seed(0)
+    model = TokenClassifier().eval()
+    path = tmp_path / "tokens.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(2, 10, dtype=torch.long),), str(path), input_names=["tokens"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, dynamo=True)
+    dataset = {"npz": str(_tokens(tmp_path / "ids.npz", high=VOCABULARY))}
+    report = run(JobInput({"onnx": str(path)}, dataset, options=QUICK), tmp_path / "out")
+    prepared = prepare(JobInput({"onnx": str(path)}, dataset))
+    x, y = prepared.dataset.x_val.numpy(), prepared.dataset.y_val.numpy()
+    assert _onnx_accuracy(tmp_path / "out" / "model.onnx", x, y) == pytest.approx(report.accuracy.after)
+    with pytest.raises(JobError, match=f"embedding has {VOCABULARY} rows"):
+        prepare(JobInput({"onnx": str(path)}, {"npz": str(_tokens(tmp_path / "wide.npz", high=VOCABULARY + 1))}))
