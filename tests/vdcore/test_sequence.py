@@ -50,11 +50,11 @@ def _with_dead_units(kind: type[nn.RNNBase], reduce: str, **shape) -> nn.Sequent
     return model
 
 
-@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
-@pytest.mark.parametrize(("shape", "reduce", "kept"), [
-    ({}, "last", HIDDEN - 3),
-    ({}, "mean", HIDDEN - 3),
-    ({"num_layers": 2, "bidirectional": True}, "last", HIDDEN - 2),  # the first layer has no unit to fold
+@pytest.mark.parametrize(("kind", "shape", "reduce", "kept"), [
+    (nn.LSTM, {}, "last", HIDDEN - 3),
+    (nn.GRU, {}, "mean", HIDDEN - 3),
+    (nn.LSTM, {"num_layers": 2, "bidirectional": True}, "mean", HIDDEN - 2),  # the first layer has no unit to fold
+    (nn.GRU, {"num_layers": 2, "bidirectional": True}, "last", HIDDEN - 2),
 ])
 def test_dead_hidden_units_and_unread_embedding_columns_are_cut_and_the_outputs_stay(kind, shape, reduce, kept,
                                                                                      tmp_path):
@@ -82,10 +82,10 @@ def test_a_row_by_row_classifier_trains_sparse_and_shrinks():
     data = vdcore.load_builtin("digits")
     torch.manual_seed(0)
     model = nn.Sequential(ImageRows(), RecurrentFeatures(nn.LSTM(8, 24, batch_first=True)), nn.Linear(24, 10))
-    vdcore.train(model, data.train, data.val, vdcore.TrainConfig(epochs=5, batch_size=50, lr=1e-2))
+    vdcore.train(model, data.train, data.val, vdcore.TrainConfig(epochs=3, batch_size=50, lr=1e-2))
     vdcore.sparsify_(model)
     assert isinstance(model[1].rnn, vdcore.LSTMSVD)
-    vdcore.train(model, data.train, data.val, vdcore.TrainConfig(epochs=8, batch_size=50, lr=1e-2))
+    vdcore.train(model, data.train, data.val, vdcore.TrainConfig(epochs=6, batch_size=50, lr=1e-2))
     pruned = vdcore.prune(model)
     small = vdcore.shrink(pruned, data.x[:1])
     assert vdcore.sparsity_report(pruned).compression > 2

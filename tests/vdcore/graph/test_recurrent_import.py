@@ -15,9 +15,10 @@ from tests.vdcore.graph.nets import RowReader, export
 from vdcore.graph import OnnxError, load_onnx, shrink_onnx, write_onnx
 
 
-@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
-@pytest.mark.parametrize(("shape", "dynamo"), [({}, True), ({}, False), ({"num_layers": 2, "bidirectional": True},
-                                                                          True)])
+@pytest.mark.parametrize(("kind", "shape", "dynamo"), [
+    (nn.LSTM, {}, True), (nn.GRU, {}, True), (nn.LSTM, {}, False), (nn.GRU, {"num_layers": 2, "bidirectional": True},
+                                                                    True),
+])
 def test_an_exported_recurrent_classifier_imports_trains_sparse_and_goes_back_into_its_graph(kind, shape, dynamo,
                                                                                              tmp_path):
     torch.manual_seed(0)
