@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from vdcore.config import TrainConfig
+from vdcore.layers import weight_names
 from vdcore.sparsify import is_sparsified
 from vdcore.train import Data, EpochMetrics, OnEpoch, ShouldStop, train
 
@@ -77,6 +78,4 @@ def finetune(
 
 def _weight_names(layer: nn.Module) -> list[str]:
     """The weight tensors of a masked layer: ``weight``, or a recurrent layer's ``weight_ih_l0``, ...."""
-    if isinstance(layer, nn.LSTM | nn.GRU):
-        return [name for name, _ in layer.named_parameters(recurse=False) if name.startswith("weight_")]
-    return ["weight"]
+    return weight_names(layer) if isinstance(layer, nn.LSTM | nn.GRU) else ["weight"]

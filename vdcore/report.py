@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from vdcore.layers import SVDLayer
+from vdcore.layers import SVDLayer, weight_names
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
         elif isinstance(module, nn.Linear | nn.Conv2d | nn.Embedding):
             weight = module.weight
         elif isinstance(module, nn.LSTM | nn.GRU):
-            weight = torch.cat([p.flatten() for n, p in module.named_parameters() if n.startswith("weight_")])
+            weight = torch.cat([getattr(module, name).flatten() for name in weight_names(module)])
         else:
             continue
         layers.append(

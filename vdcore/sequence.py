@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
+from vdcore.layers import weight_suffix
+
 Reduce = Literal["last", "mean"]
 REDUCTIONS: tuple[Reduce, ...] = ("last", "mean")
 Recurrent = nn.LSTM | nn.GRU
@@ -70,10 +72,6 @@ def _gates(rnn: Recurrent) -> int:
     return 4 if isinstance(rnn, nn.LSTM) else 3
 
 
-def _suffix(layer: int, direction: int) -> str:
-    return f"_l{layer}" + ("_reverse" if direction else "")
-
-
 @torch.no_grad()
 def shrink_recurrent(layers: list[nn.Module], x: Tensor) -> bool:
     """Cut the dead hidden units of each ``RecurrentFeatures`` in ``layers`` (a flat, pruned stack run on the
@@ -118,12 +116,12 @@ def _shrink_units(layers: list[nn.Module], index: int, block_input: Tensor) -> b
     folds: dict[tuple[int, int], Tensor] = {}
     for layer in range(rnn.num_layers):
         for direction in range(directions):
-            suffix, units = _suffix(layer, direction), slice(direction * hidden, (direction + 1) * hidden)
+            suffix, units = weight_suffix(layer, direction), slice(direction * hidden, (direction + 1) * hidden)
             w_ih, w_hh = getattr(rnn, "weight_ih" + suffix), getattr(rnn, "weight_hh" + suffix)
             unread = (w_hh == 0).all(dim=0)
             if layer + 1 < rnn.num_layers:
                 for d2 in range(directions):
-                    unread &= (getattr(rnn, "weight_ih" + _suffix(layer + 1, d2))[:, units] == 0).all(dim=0)
+                    unread &= (getattr(rnn, "weight_ih" + weight_suffix(layer + 1, d2))[:, units] == 0).all(dim=0)
                 fold = torch.zeros_like(unread)
             elif reader is not None:
                 unread &= (reader.weight[:, units] == 0).all(dim=0)
@@ -167,7 +165,7 @@ def _shrink_embedding(layers: list[nn.Module], index: int) -> bool:
     rnn = block.rnn
     unread = torch.ones(rnn.input_size, dtype=torch.bool, device=table.weight.device)
     for direction in range(_directions(rnn)):
-        unread &= (getattr(rnn, "weight_ih" + _suffix(0, direction)) == 0).all(dim=0)
+        unread &= (getattr(rnn, "weight_ih" + weight_suffix(0, direction)) == 0).all(dim=0)
     remove = unread | (table.weight == 0).all(dim=0)  # a zero column adds nothing wherever it is read
     if not remove.any() or remove.all():
         return False
@@ -193,7 +191,7 @@ def _rebuilt(rnn: Recurrent, keep: dict[tuple[int, int], Tensor], inputs: Tensor
     for layer in range(rnn.num_layers):
         columns = inputs if layer == 0 else torch.cat([d * hidden + keep[layer - 1, d] for d in range(directions)])
         for direction in range(directions):
-            suffix, units = _suffix(layer, direction), keep[layer, direction]
+            suffix, units = weight_suffix(layer, direction), keep[layer, direction]
             rows = _gate_rows(units, hidden, gates)
             getattr(new, "weight_ih" + suffix).copy_(getattr(rnn, "weight_ih" + suffix)[rows][:, columns])
             getattr(new, "weight_hh" + suffix).copy_(getattr(rnn, "weight_hh" + suffix)[rows][:, units])

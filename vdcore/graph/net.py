@@ -69,6 +69,12 @@ class OnnxNet(nn.Module):
         outputs = tuple(values[name] for name in self.output_names)
         return outputs[0] if len(outputs) == 1 else outputs
 
+    @property
+    def vocabulary(self) -> int | None:
+        """The rows of the smallest embedding table (what integer inputs may index), or None without tables."""
+        tables = [layer.num_embeddings for layer in self.layers.values() if isinstance(layer, nn.Embedding)]
+        return min(tables, default=None)
+
     def example_input(self, batch: int = CHECK_BATCH, seed: int = 0) -> Tensor:
         """A random input of the graph's shape (symbolic sizes filled in), for checks: indices stay within the
         smallest embedding table that reads them."""
@@ -76,8 +82,7 @@ class OnnxNet(nn.Module):
         shape = [batch, *(CHECK_OTHER_DIM if size is None else size for size in self.input_shape[1:])]
         if self.input_dtype.is_floating_point:
             return torch.randn(shape, generator=generator).to(self.input_dtype)
-        tables = [layer.num_embeddings for layer in self.layers.values() if isinstance(layer, nn.Embedding)]
-        return torch.randint(0, min(tables, default=2), shape, generator=generator).to(self.input_dtype)
+        return torch.randint(0, self.vocabulary or 2, shape, generator=generator).to(self.input_dtype)
 
 
 def _module_key(node: str, taken: nn.ModuleDict) -> str:

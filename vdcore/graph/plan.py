@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from vdcore.graph.net import OnnxNet, load_onnx
 from vdcore.graph.read import OnnxError
@@ -34,13 +33,10 @@ class OnnxPlan:
 def plan_onnx(path: str | os.PathLike[str], max_parameters: int | None = None) -> OnnxPlan:
     """Import ``path`` (``OnnxError`` saying what to change if it cannot be) and check it is a classifier."""
     net = load_onnx(path, max_parameters)
-    vocabulary = None
-    if not net.input_dtype.is_floating_point:
-        tables = [layer.num_embeddings for layer in net.layers.values() if isinstance(layer, nn.Embedding)]
-        if not tables:
-            raise OnnxError(f"the model's input is of type {net.input_dtype} but no embedding table (Gather on a "
-                            "weight) looks it up; a job feeds integer inputs only as token ids, else float32")
-        vocabulary = min(tables)
+    vocabulary = None if net.input_dtype.is_floating_point else net.vocabulary
+    if not net.input_dtype.is_floating_point and vocabulary is None:
+        raise OnnxError(f"the model's input is of type {net.input_dtype} but no embedding table (Gather on a "
+                        "weight) looks it up; a job feeds integer inputs only as token ids, else float32")
     if any(size is None for size in net.input_shape[1:]):
         raise OnnxError(
             f"the model's input {net.input_name!r} has sizes that are not fixed besides the batch "

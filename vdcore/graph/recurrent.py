@@ -16,6 +16,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from vdcore.graph.ops import NodeContext, Source, Step, filled
+from vdcore.layers import weight_suffix
 
 # PyTorch's gate blocks, as indices of ONNX's.
 TORCH_GATES = {"LSTM": [0, 2, 3, 1], "GRU": [1, 0, 2]}
@@ -28,10 +29,6 @@ def _blocks(rows: np.ndarray, order: list[int]) -> np.ndarray:
     """The gate blocks of ``rows`` (first axis) in ``order``."""
     hidden = rows.shape[0] // len(order)
     return np.concatenate([rows[g * hidden:(g + 1) * hidden] for g in order])
-
-
-def _suffix(direction: int) -> str:
-    return "_l0_reverse" if direction else "_l0"
 
 
 def _check_options(ctx: NodeContext, kind: str) -> None:
@@ -55,7 +52,7 @@ def _check_options(ctx: NodeContext, kind: str) -> None:
     if ctx.attr("layout", 0):
         raise ctx.fail("batch-first recurrent nodes (layout=1) are not supported, and onnxruntime does not run "
                        "them; export with the default layout (torch.onnx.export does)")
-    peepholes = ctx.constant(7) if kind == "LSTM" and ctx.input(7) else None
+    peepholes = ctx.constant(7)
     if kind == "LSTM" and ctx.input(7) and (peepholes is None or np.any(peepholes)):
         raise ctx.fail("peephole connections (P) are not supported; export an LSTM without them")
 
@@ -73,7 +70,7 @@ def _recurrent(kind: str) -> Callable[[NodeContext], Step]:
         layer = module(inputs, hidden, bias=b is not None, bidirectional=directions == 2)
         order = TORCH_GATES[kind]
         for d in range(directions):
-            suffix = _suffix(d)
+            suffix = weight_suffix(0, d)
             values = {"weight_ih" + suffix: _blocks(w[d], order), "weight_hh" + suffix: _blocks(r[d], order)}
             if b is not None:
                 values["bias_ih" + suffix], values["bias_hh" + suffix] = _blocks(b[d, :rows], order), \
@@ -103,7 +100,7 @@ def onnx_tensors(layer: nn.Module, source: Source) -> dict[str, np.ndarray]:
     directions = 2 if layer.bidirectional else 1
 
     def stacked(make: Callable[[str], np.ndarray]) -> np.ndarray:
-        return np.stack([make(_suffix(d)) for d in range(directions)])
+        return np.stack([make(weight_suffix(0, d)) for d in range(directions)])
 
     def value(name: str) -> np.ndarray:
         return _blocks(getattr(layer, name).detach().cpu().numpy(), order)

@@ -5,7 +5,7 @@ from vdcore.layers.base import SVDLayer
 from vdcore.layers.conv2d import Conv2dSVD
 from vdcore.layers.embedding import EmbeddingSVD
 from vdcore.layers.linear import LinearSVD
-from vdcore.layers.recurrent import GRUSVD, LSTMSVD, RecurrentSVD
+from vdcore.layers.recurrent import GRUSVD, LSTMSVD, RecurrentSVD, weight_names, weight_suffix
 from vdcore.layers.scaled import Conv2dScaledSVD, LinearScaledSVD, ScaledSVDLayer
 from vdcore.layers.units import Conv2dUnitSVD, LinearUnitSVD, UnitSVDLayer
 
@@ -23,4 +23,6 @@ __all__ = [
     "SVDLayer",
     "ScaledSVDLayer",
     "UnitSVDLayer",
+    "weight_names",
+    "weight_suffix",
 ]

@@ -34,6 +34,16 @@ from vdcore.layers.base import SVDLayer
 Hidden = Tensor | tuple[Tensor, Tensor]
 
 
+def weight_suffix(layer: int, direction: int) -> str:
+    """How ``nn.LSTM`` and ``nn.GRU`` name a layer and direction's tensors: ``weight_ih`` + ``_l1_reverse``."""
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
+def weight_names(rnn: nn.Module) -> list[str]:
+    """The weight matrices of an ``nn.LSTM`` or ``nn.GRU`` (``weight_ih_l0``, ``weight_hh_l0``, ...), biases aside."""
+    return [name for name, _ in rnn.named_parameters(recurse=False) if name.startswith("weight_")]
+
+
 class RecurrentSVD(SVDLayer):
     """What ``LSTMSVD`` and ``GRUSVD`` share: the weights of every layer and direction in one flat ``theta`` (so
     the KL, the mask and the pruning treat them as one layer's), the sampled forward, the dense twin.
@@ -69,9 +79,9 @@ class RecurrentSVD(SVDLayer):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.dropout, self.bidirectional = batch_first, dropout, bidirectional
         self.threshold, self.log_alpha_clip, self.train_mask = threshold, log_alpha_clip, train_mask
-        named = list(self._twin.named_parameters())
-        self._weight_shapes = {n: tuple(p.shape) for n, p in named if n.startswith("weight_")}
-        self._bias_shapes = {n: tuple(p.shape) for n, p in named if n.startswith("bias_")}
+        shapes = {n: tuple(p.shape) for n, p in self._twin.named_parameters()}
+        self._weight_shapes = {n: shapes[n] for n in weight_names(self._twin)}
+        self._bias_shapes = {n: shape for n, shape in shapes.items() if n not in self._weight_shapes}
         factory = {"device": device, "dtype": dtype}
         total = sum(math.prod(s) for s in self._weight_shapes.values())
         bound = 1 / math.sqrt(hidden_size)  # nn.LSTM's and nn.GRU's initialisation
@@ -150,7 +160,7 @@ class RecurrentSVD(SVDLayer):
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                suffix = weight_suffix(layer, direction)
                 steps = x if direction == 0 else _reversed(x, lengths)
                 start = [s[layer * directions + direction] for s in states]
                 out, final = self._run(steps, start, lengths, suffix, means, perturbations, biases)
