@@ -111,4 +111,24 @@ def onnx_tensors(layer: nn.Module, source: Source) -> dict[str, np.ndarray]:
     return {source.tensors[role]: np.ascontiguousarray(t, dtype=np.float32) for role, t in tensors.items()}
 
 
+def cut_recurrent(w: np.ndarray, r: np.ndarray, b: np.ndarray | None, kept_units: np.ndarray,
+                  kept_inputs: np.ndarray, input_shift: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A node's ``W``, ``R`` and ``B`` with only the hidden units (of every gate and direction) and the input
+    features kept (boolean masks); ``input_shift`` (``[directions, gates * hidden]``, what removed constant
+    inputs added through ``W``) joins the input bias."""
+    hidden = kept_units.size
+    gates = w.shape[1] // hidden
+    kept = np.flatnonzero(kept_units)
+    rows = np.concatenate([g * hidden + kept for g in range(gates)])
+    if b is None and input_shift is not None:
+        b = np.zeros((w.shape[0], 2 * gates * hidden), np.float32)
+    if b is not None:
+        b = b.copy()
+        if input_shift is not None:
+            b[:, :gates * hidden] += input_shift
+        b = np.concatenate([b[:, rows], b[:, gates * hidden + rows]], axis=1).astype(np.float32)
+    return w[:, rows][:, :, kept_inputs], r[:, rows][:, :, kept], b
+
+
 RECURRENT_CONVERTERS: dict[str, Callable[[NodeContext], Step]] = {"LSTM": _recurrent("LSTM"), "GRU": _recurrent("GRU")}

@@ -23,7 +23,10 @@ from onnx import helper, numpy_helper
 from vdcore.export import PARITY_TOLERANCE, ExportResult, onnx_session
 from vdcore.graph.net import OnnxNet, load_onnx, max_difference
 from vdcore.graph.read import OnnxError
-from vdcore.graph.units import NO_UNIT, Layer, UnitMap, map_units
+from vdcore.graph.recurrent import cut_recurrent
+from vdcore.graph.recurrent_units import INITIAL_STATES
+from vdcore.graph.tracer import NO_UNIT, Layer, UnitMap
+from vdcore.graph.units import map_units
 from vdcore.graph.write import pruned_net, save_checked, trained_model
 
 RECTANGLE = "a tensor they are part of can only lose whole rows, columns or channels"
@@ -77,8 +80,8 @@ def shrink_onnx(net: OnnxNet, channel_multiple: int = 1) -> GraphShrink:
     reference = pruned_net(net).eval().cpu()
     model = trained_model(reference)
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    values = _all_values(model, reference.example_input(2).numpy())
-    unit_map = map_units(model.graph, values, constants)
+    values, batch_axes = _batch_first_values(model, reference)
+    unit_map = map_units(model.graph, values, constants, batch_axes)
     removal = _decide(unit_map, values, channel_multiple)
     notes = _kept_notes(unit_map, values, removal)
     count = int(removal.removed.sum())
@@ -105,6 +108,23 @@ def keep_units(net: OnnxNet) -> GraphShrink:
     return GraphShrink(reference, trained_model(reference), 0, notes)
 
 
+def _batch_first_values(model: onnx.ModelProto, net: OnnxNet) -> tuple[dict[str, np.ndarray], dict[str, int | None]]:
+    """Every runtime value of ``model`` on two examples, its batch axis moved first, and where the file keeps
+    the batch of those for which that is not the first axis (None: the value has none). The batch axis is the
+    one whose size follows the batch: the values of a run on three examples tell."""
+    values = _all_values(model, net.example_input(2).numpy())
+    other = _all_values(model, net.example_input(3).numpy())
+    batch_axes: dict[str, int | None] = {}
+    for name, value in values.items():
+        changed = [axis for axis, (a, b) in enumerate(zip(value.shape, other[name].shape, strict=True)) if a != b]
+        axis = changed[0] if len(changed) == 1 else None
+        if axis != 0:
+            batch_axes[name] = axis
+        if axis:
+            values[name] = np.moveaxis(value, axis, 0)
+    return values, batch_axes
+
+
 def _all_values(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
     """Every runtime value of ``model`` on the input ``x``, by name (onnxruntime, all outputs exposed)."""
     probe = copy.deepcopy(model)
@@ -124,8 +144,12 @@ def _all_values(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
 # --- which units go -----------------------------------------------------------------------------------------
 
 
+RECURRENT = ("lstm", "gru")
+FEATURES_LAST = ("matmul", "embedding", *RECURRENT)
+
+
 def _read_axis(layer: Layer, rank: int) -> int:
-    return rank - 1 if layer.kind in ("matmul", "embedding") else 1
+    return rank - 1 if layer.kind in FEATURES_LAST else 1
 
 
 def _decide(unit_map: UnitMap, values: dict[str, np.ndarray], channel_multiple: int) -> _Removal:
@@ -199,6 +223,9 @@ class _Liveness:
         example."""
         for layer, cols in self.readers.get(unit, []):
             value = self.values[layer.node.input[0]]
+            if layer.kind in RECURRENT:  # the same for every example and step; its own units are not constants
+                cols = cols[cols < value.shape[-1]]
+                value = value.reshape(-1, value.shape[-1])
             seen = np.take(value, cols, axis=_read_axis(layer, value.ndim))
             if not np.allclose(seen, seen[:1], rtol=1e-5, atol=1e-6):
                 return False
@@ -345,16 +372,33 @@ def _rewrite(model: onnx.ModelProto, unit_map: UnitMap, removal: _Removal, value
             editor.set_constant(node, position, _slice_constant(value, kept[node.output[0]], axis,
                                                                 len(values[node.output[0]].shape)))
     for node in list(editor.graph.node):
-        if node.op_type == "Reshape" and node.output[0] in kept and node.input[1] in editor.constants:
+        out = node.output[0]
+        if node.op_type == "Reshape" and out in kept and node.input[1] in editor.constants:
             target = editor.constants[node.input[1]].copy()
-            for axis, along in enumerate(kept[node.output[0]], start=1):
-                if target[axis] != -1:
-                    target[axis] = int(along.sum())
+            for axis, along in enumerate(kept[out], start=1):
+                if target[unit_map.file_axis(out, axis)] != -1:
+                    target[unit_map.file_axis(out, axis)] = int(along.sum())
             editor.set_constant(node, 1, target)
         elif node.op_type == "Split":
-            _resize_split(editor, node, kept, values)
+            _resize_split(editor, node, kept, values, unit_map)
+    _drop_unread(editor.graph)
     del editor.graph.value_info[:]
     return editor.model
+
+
+def _drop_unread(graph: onnx.GraphProto) -> None:
+    """Nodes whose outputs nothing reads any more (the zeros of an initial state the shrunk recurrent node no
+    longer takes), and the constants only they read."""
+    while True:
+        read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        unread = [node for node in graph.node if not any(name in read for name in node.output if name)]
+        if not unread:
+            break
+        for node in unread:
+            graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(tensor)
 
 
 def _slice_constant(value: np.ndarray, kept: list[np.ndarray], axis: int | None, rank: int) -> np.ndarray:
@@ -370,10 +414,9 @@ def _slice_constant(value: np.ndarray, kept: list[np.ndarray], axis: int | None,
 
 
 def _resize_split(editor: _Editor, node: onnx.NodeProto, kept: dict[str, list[np.ndarray]],
-                  values: dict[str, np.ndarray]) -> None:
+                  values: dict[str, np.ndarray], unit_map: UnitMap) -> None:
     axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
-    rank = values[node.input[0]].ndim
-    axis %= rank
+    axis = unit_map.our_axis(node.input[0], axis % values[node.input[0]].ndim)
     sizes = [int(kept[name][axis - 1].sum()) if name in kept else values[name].shape[axis] for name in node.output]
     if len(node.input) > 1 and node.input[1]:
         editor.set_constant(node, 1, np.array(sizes, dtype=np.int64))
@@ -387,6 +430,8 @@ def _shrink_layer(editor: _Editor, layer: Layer, removal: _Removal,
     """Cut ``layer``'s removed rows and columns, fold the constants of the removed ones it read into its bias
     (or an Add after it, returned, for a constant that varies over space)."""
     node = layer.node
+    if layer.kind in RECURRENT:
+        return _shrink_recurrent(editor, layer, removal, values)
     rows, cols = np.flatnonzero(removal.kept(layer.rows)), np.flatnonzero(removal.kept(layer.cols))
     if layer.kind == "grouped" or (rows.size == layer.rows.size and cols.size == layer.cols.size):
         return None
@@ -423,10 +468,43 @@ def _shrink_layer(editor: _Editor, layer: Layer, removal: _Removal,
     return editor.add_after(node, editor.constant(f"{node.output[0]}__added", shift))
 
 
+def _shrink_recurrent(editor: _Editor, layer: Layer, removal: _Removal, values: dict[str, np.ndarray]) -> None:
+    """Cut an LSTM or GRU node's removed hidden units (in both directions: they are one unit) and input
+    features, fold what removed constant inputs added into its bias, and let it start from ONNX's default zero
+    state (the only initial state a shrinkable node has) at its new size."""
+    node = editor.node[layer.node.name]
+    w, r = editor.constants[node.input[1]], editor.constants[node.input[2]]
+    directions, _, features = w.shape
+    kept_units = removal.kept(layer.rows).reshape(directions, -1)[0]
+    kept_inputs = removal.kept(layer.cols[:features])
+    if kept_units.all() and kept_inputs.all():
+        return None
+    units = removal.units(layer.cols[:features])
+    folded = (units >= 0) & removal.folded[np.maximum(units, 0)]
+    x = values[node.input[0]].reshape(-1, features)[0]  # the same for every example and step where folded
+    shift = w[:, :, folded] @ x[folded] if folded.any() else None
+    b = editor.constants.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    w, r, b = cut_recurrent(w, r, b, kept_units, kept_inputs, shift)
+    editor.set_constant(node, 1, w)
+    editor.set_constant(node, 2, r)
+    if b is not None:
+        editor.set_constant(node, 3, b)
+    if not kept_units.all():
+        _set_attribute(node, "hidden_size", int(kept_units.sum()))
+        for position in INITIAL_STATES:
+            if position < len(node.input):
+                node.input[position] = ""
+        while node.input and not node.input[-1]:
+            node.input.pop()
+    return None
+
+
 def _set_attribute(node: onnx.NodeProto, name: str, value: int) -> None:
     for attribute in node.attribute:
         if attribute.name == name:
             attribute.CopyFrom(helper.make_attribute(name, value))
+            return
+    node.attribute.append(helper.make_attribute(name, value))
 
 
 def _contribution(editor: _Editor, layer: Layer, weight: np.ndarray, x: np.ndarray, folded: np.ndarray) -> np.ndarray:
@@ -451,7 +529,7 @@ def _contribution(editor: _Editor, layer: Layer, weight: np.ndarray, x: np.ndarr
 
 def _unit_axis(layer: Layer, rank: int) -> int:
     """The axis of one example of the layer's output along which its units lie."""
-    return rank - 1 if layer.kind in ("matmul", "embedding") else 0
+    return rank - 1 if layer.kind in FEATURES_LAST else 0
 
 
 def _uniform_shift(shift: np.ndarray, layer: Layer) -> np.ndarray | None:

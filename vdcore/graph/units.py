@@ -11,148 +11,18 @@ report. Slots are merged with a union-find; the unit of a slot is its root.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
-NO_UNIT = -1  # a position that carries no unit (the model's input, a computed shape): always kept
-
-
-class Units:
-    """Slots and the unit each belongs to (union-find), with the units that must stay and why."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.pins: dict[int, str] = {}
-
-    def new(self, count: int) -> np.ndarray:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + count))
-        return np.arange(start, start + count)
-
-    def find(self, slot: int) -> int:
-        root = slot
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[slot] != root:
-            self.parent[slot], slot = root, self.parent[slot]
-        return root
-
-    def merge(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Make the slots at the same positions of ``a`` and ``b`` one unit."""
-        both = (a >= 0) & (b >= 0)
-        for x, y in {(int(x), int(y)) for x, y in zip(a[both], b[both], strict=True)}:
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                self.parent[ry] = rx
-                if ry in self.pins:
-                    self.pins.setdefault(rx, self.pins.pop(ry))
-
-    def pin(self, slots: np.ndarray | None, reason: str) -> None:
-        if slots is not None:
-            for slot in np.unique(slots[slots >= 0]):
-                self.pins.setdefault(self.find(int(slot)), reason)
-
-    def roots(self) -> np.ndarray:
-        return np.array([self.find(slot) for slot in range(len(self.parent))], dtype=np.int64)
+from vdcore.graph.recurrent_units import recurrent
+from vdcore.graph.shape_targets import feeds_own_reshapes, follows_own_shape
+from vdcore.graph.tracer import NO_UNIT, Layer, Tracer, UnitMap, channel_slots, pin_varying, spread
 
 
-@dataclass
-class Layer:
-    """A node holding weights, as ``[outputs, inputs]``: which slot each output unit and each input column is,
-    and which weights between them are non-zero (a depthwise convolution's as a diagonal)."""
-
-    node: onnx.NodeProto
-    kind: str  # "conv", "depthwise", "grouped", "gemm", "matmul" or "embedding"
-    rows: np.ndarray
-    cols: np.ndarray
-    reads: np.ndarray  # bool [rows, cols]
-
-
-@dataclass
-class UnitMap:
-    """The slots of each runtime tensor (shaped like the tensor without its batch axis), the weight layers,
-    the constants to slice with the tensors they act on (node, input position, and the output axis of the
-    constant's first axis, or None where it broadcasts as numpy aligns shapes), and the axes that must keep
-    their size (those of a Reshape target computed at run time)."""
-
-    units: Units
-    slots: dict[str, np.ndarray]
-    layers: list[Layer]
-    sliced_constants: list[tuple[onnx.NodeProto, int, int | None]] = field(default_factory=list)
-    fixed_axes: dict[str, set[int]] = field(default_factory=dict)
-    used: set[int] = field(default_factory=set)  # slots an operator other than a layer needs the value of
-    unfoldable: set[int] = field(default_factory=set)  # slots whose constant a product does not pass as one
-
-
-class _Tracer:
-    def __init__(self, graph: onnx.GraphProto, values: dict[str, np.ndarray],
-                 constants: dict[str, np.ndarray]) -> None:
-        self.graph, self.values, self.constants = graph, values, constants
-        self.map = UnitMap(Units(), {}, [])
-        self.readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.readers.setdefault(name, []).append(node)
-
-    @property
-    def units(self) -> Units:
-        return self.map.units
-
-    def slots(self, name: str) -> np.ndarray:
-        """The slots of a runtime value (NO_UNIT where it has none)."""
-        found = self.map.slots.get(name)
-        return found if found is not None else np.full(self.values[name].shape[1:], NO_UNIT, dtype=np.int64)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.values[name].shape)
-
-    def attr(self, node: onnx.NodeProto, name: str, default: object = None) -> object:
-        for attribute in node.attribute:
-            if attribute.name == name:
-                return helper.get_attribute_value(attribute)
-        return default
-
-    def runtime_inputs(self, node: onnx.NodeProto) -> list[str]:
-        return [name for name in node.input if name and name not in self.constants]
-
-    def opaque(self, node: onnx.NodeProto, why: str = "which the shrink does not follow") -> None:
-        for name in self.runtime_inputs(node):
-            if name in self.values:
-                self.units.pin(self.map.slots.get(name), f"they reach {node.op_type} node {node.name!r}, {why}")
-
-    def set(self, name: str, slots: np.ndarray) -> None:
-        self.map.slots[name] = np.ascontiguousarray(slots)
-
-
-def _channel_slots(t: _Tracer, name: str, axis: int = 0) -> np.ndarray | None:
-    """One slot per index of ``axis`` (of the slots array) if the slots do not vary along the other axes."""
-    slots = t.slots(name)
-    lines = np.moveaxis(slots, axis, 0).reshape(slots.shape[axis], -1)
-    if not (lines == lines[:, :1]).all():
-        return None
-    return lines[:, 0]
-
-
-def _spread(per_unit: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
-    """Slots ``per_unit`` along ``axis`` of an array of ``shape`` (without batch), the same along the others."""
-    view = [1] * len(shape)
-    view[axis] = per_unit.size
-    return np.broadcast_to(per_unit.reshape(view), shape)
-
-
-def _pin_varying(t: _Tracer, slots: np.ndarray, axes: list[int], why: str) -> None:
-    """Pin the slots that differ along any of ``axes`` (operators that mix those positions)."""
-    for axis in axes:
-        first = np.take(slots, [0], axis=axis)
-        varying = np.broadcast_to((slots != first).any(axis=axis, keepdims=True), slots.shape)
-        t.units.pin(slots[varying], why)
-
-
-def _same(t: _Tracer, node: onnx.NodeProto) -> None:
+def _same(t: Tracer, node: onnx.NodeProto) -> None:
     source, out = node.input[0], node.output[0]
     if source in t.values and out in t.values and t.shape(source) == t.shape(out):
         t.set(out, t.slots(source))
@@ -160,7 +30,7 @@ def _same(t: _Tracer, node: onnx.NodeProto) -> None:
         t.opaque(node)
 
 
-def _elementwise(t: _Tracer, node: onnx.NodeProto) -> None:
+def _elementwise(t: Tracer, node: onnx.NodeProto) -> None:
     out = node.output[0]
     shape = t.shape(out)[1:]
     merged = np.full(shape, NO_UNIT, dtype=np.int64)
@@ -180,12 +50,12 @@ def _elementwise(t: _Tracer, node: onnx.NodeProto) -> None:
     t.set(out, merged)
 
 
-def _conv(t: _Tracer, node: onnx.NodeProto) -> None:
+def _conv(t: Tracer, node: onnx.NodeProto) -> None:
     weight = t.constants.get(node.input[1])
     source, out = node.input[0], node.output[0]
     if weight is None:
         return t.opaque(node, "whose weight is not a constant")
-    cols = _channel_slots(t, source)
+    cols = channel_slots(t, source)
     if cols is None:
         t.units.pin(t.slots(source), f"they reach convolution {node.name!r} other than as its channels")
         cols = np.full(t.shape(source)[1], NO_UNIT, dtype=np.int64)
@@ -207,10 +77,10 @@ def _conv(t: _Tracer, node: onnx.NodeProto) -> None:
             t.units.pin(rows, why)
             t.units.pin(cols, why)
     t.map.layers.append(Layer(node, kind, rows, cols, reads))
-    t.set(out, _spread(rows, t.shape(out)[1:], 0))
+    t.set(out, spread(rows, t.shape(out)[1:], 0))
 
 
-def _gemm(t: _Tracer, node: onnx.NodeProto) -> None:
+def _gemm(t: Tracer, node: onnx.NodeProto) -> None:
     b = t.constants.get(node.input[1])
     if b is None or b.ndim != 2 or t.attr(node, "transA", 0) or len(t.shape(node.input[0])) != 2:
         return t.opaque(node, "which multiplies two computed values")
@@ -218,21 +88,21 @@ def _gemm(t: _Tracer, node: onnx.NodeProto) -> None:
     _linear(t, node, weight, t.slots(node.input[0]), "gemm")
 
 
-def _matmul(t: _Tracer, node: onnx.NodeProto) -> None:
+def _matmul(t: Tracer, node: onnx.NodeProto) -> None:
     b = t.constants.get(node.input[1])
     if b is None:
         return _product(t, node)
     if b.ndim != 2:
         return t.opaque(node, "whose weight is not a matrix")
     source = node.input[0]
-    cols = _channel_slots(t, source, axis=len(t.shape(source)) - 2)
+    cols = channel_slots(t, source, axis=len(t.shape(source)) - 2)
     if cols is None:
         t.units.pin(t.slots(source), f"they reach MatMul {node.name!r} other than as its features")
         cols = np.full(b.shape[0], NO_UNIT, dtype=np.int64)
     _linear(t, node, b.T, cols, "matmul")
 
 
-def _product(t: _Tracer, node: onnx.NodeProto) -> None:
+def _product(t: Tracer, node: onnx.NodeProto) -> None:
     """A MatMul of two computed values, as attention's ``q @ k^T`` and ``scores @ v``. Units along the summed
     axis (a head's query and key features) are one unit, needed by the product: they go only as zeros. Units
     along the other axis of either side (a head's value features) carry into the output, where a layer may stop
@@ -277,57 +147,69 @@ def _along(slots: np.ndarray, axis: int) -> np.ndarray | None:
     return None if (slots != first).any() else np.squeeze(first, axis=axis)
 
 
-def _linear(t: _Tracer, node: onnx.NodeProto, weight: np.ndarray, cols: np.ndarray, kind: str) -> None:
+def _linear(t: Tracer, node: onnx.NodeProto, weight: np.ndarray, cols: np.ndarray, kind: str) -> None:
     rows = t.units.new(weight.shape[0])
     t.map.layers.append(Layer(node, kind, rows, cols, weight != 0))
     out = node.output[0]
-    t.set(out, _spread(rows, t.shape(out)[1:], len(t.shape(out)) - 2))
+    t.set(out, spread(rows, t.shape(out)[1:], len(t.shape(out)) - 2))
 
 
-def _gather(t: _Tracer, node: onnx.NodeProto) -> None:
+def _gather(t: Tracer, node: onnx.NodeProto) -> None:
     table = t.constants.get(node.input[0])
-    if table is None or table.ndim != 2 or t.attr(node, "axis", 0) != 0:
+    if table is None:
+        return _select(t, node)
+    if table.ndim != 2 or t.attr(node, "axis", 0) != 0:
         return t.opaque(node)
     rows = t.units.new(table.shape[1])
     t.map.layers.append(Layer(node, "embedding", rows, np.full(table.shape[0], NO_UNIT), (table != 0).T))
     out = node.output[0]
-    t.set(out, _spread(rows, t.shape(out)[1:], len(t.shape(out)) - 2))
+    t.set(out, spread(rows, t.shape(out)[1:], len(t.shape(out)) - 2))
 
 
-def _per_channel(t: _Tracer, node: onnx.NodeProto) -> None:
+def _select(t: Tracer, node: onnx.NodeProto) -> None:
+    """Positions picked along an axis other than the batch by constant indices (``out[:, -1]``, a sequence's
+    last step): they keep their units."""
+    source, indices = node.input[0], t.constants.get(node.input[1])
+    axis = t.map.our_axis(source, int(t.attr(node, "axis", 0)) % len(t.shape(source)))
+    if indices is None or axis == 0:
+        return t.opaque(node, "which picks positions computed at run time or along the batch axis")
+    t.set(node.output[0], np.take(t.slots(source), indices, axis=axis - 1))
+
+
+def _per_channel(t: Tracer, node: onnx.NodeProto) -> None:
     """Batch normalisation and pooling: each channel on its own, over space."""
     source, out = node.input[0], node.output[0]
-    cols = _channel_slots(t, source)
+    cols = channel_slots(t, source)
     if cols is None:
         return t.opaque(node)
-    t.set(out, _spread(cols, t.shape(out)[1:], 0))
+    t.set(out, spread(cols, t.shape(out)[1:], 0))
     if node.op_type == "BatchNormalization":
         t.map.sliced_constants.extend((node, position, 1) for position in range(1, 5))
 
 
-def _normalise(axes_of: Callable[[_Tracer, onnx.NodeProto], list[int]]) -> Callable[[_Tracer, onnx.NodeProto], None]:
+def _normalise(axes_of: Callable[[Tracer, onnx.NodeProto], list[int]]) -> Callable[[Tracer, onnx.NodeProto], None]:
     """LayerNormalization and Softmax: the units along the axes they normalise over must stay."""
 
-    def rule(t: _Tracer, node: onnx.NodeProto) -> None:
+    def rule(t: Tracer, node: onnx.NodeProto) -> None:
         source = node.input[0]
         rank = len(t.shape(source))
         axes = [axis % rank for axis in axes_of(t, node)]
         if 0 in axes:
             return t.opaque(node)
         slots = t.slots(source)
-        _pin_varying(t, slots, [axis - 1 for axis in axes], f"{node.op_type} node {node.name!r} normalises over them")
+        pin_varying(t, slots, [axis - 1 for axis in axes], f"{node.op_type} node {node.name!r} normalises over them")
         t.set(node.output[0], slots)
         t.map.sliced_constants.extend((node, position, None) for position in range(1, len(node.input)))
 
     return rule
 
 
-def _layer_norm_axes(t: _Tracer, node: onnx.NodeProto) -> list[int]:
+def _layer_norm_axes(t: Tracer, node: onnx.NodeProto) -> list[int]:
     rank = len(t.shape(node.input[0]))
     return list(range(int(t.attr(node, "axis", -1)) % rank, rank))
 
 
-def _reduce(t: _Tracer, node: onnx.NodeProto) -> None:
+def _reduce(t: Tracer, node: onnx.NodeProto) -> None:
     source, out = node.input[0], node.output[0]
     rank = len(t.shape(source))
     axes = t.attr(node, "axes")
@@ -339,7 +221,7 @@ def _reduce(t: _Tracer, node: onnx.NodeProto) -> None:
     if 0 in axes:
         return t.opaque(node)
     slots = t.slots(source)
-    _pin_varying(t, slots, [a - 1 for a in axes], f"{node.op_type} node {node.name!r} reduces over them")
+    pin_varying(t, slots, [a - 1 for a in axes], f"{node.op_type} node {node.name!r} reduces over them")
     reduced = slots
     for axis in axes:  # a sum over positions of several units carries none of them
         first = np.take(reduced, [0], axis=axis - 1)
@@ -347,41 +229,48 @@ def _reduce(t: _Tracer, node: onnx.NodeProto) -> None:
     t.set(out, reduced.reshape(t.shape(out)[1:]))
 
 
-def _reshape(t: _Tracer, node: onnx.NodeProto) -> None:
-    """Reshape, Flatten, Squeeze, Unsqueeze keeping the batch first: positions keep their order."""
+def _reshape(t: Tracer, node: onnx.NodeProto) -> None:
+    """Reshape, Flatten, Squeeze, Unsqueeze that keep the batch an axis of its own: positions keep their order.
+    A target computed at run time fixes the sizes it gives, unless it is computed from the reshaped value's own
+    shape (``x.view(*x.shape[:2], -1)``), which follows what the shrink leaves of it."""
     source, out = node.input[0], node.output[0]
-    if t.shape(source)[0] != t.shape(out)[0]:
-        return t.opaque(node, "which moves the batch axis")
-    t.set(out, t.slots(source).reshape(t.shape(out)[1:]))
-    if node.op_type == "Reshape" and node.input[1] not in t.constants:
+    before = [t.map.batch_axis(name) for name in (source, out)]
+    if None in before or math.prod(t.file_shape(source)[:before[0]]) != math.prod(t.file_shape(out)[:before[1]]):
+        return t.opaque(node, "which merges the batch axis with others")
+    shape = list(t.file_shape(out))
+    shape[before[1]] = 1
+    t.set(out, np.squeeze(t.file_slots(source).reshape(shape), before[1]))
+    if node.op_type == "Reshape" and node.input[1] not in t.constants and not follows_own_shape(t, node):
         target = t.values.get(node.input[1])
-        fixed = set(range(1, len(t.shape(out)))) if target is None else {
-            axis for axis, size in enumerate(target.reshape(-1).tolist()) if axis and size != -1
-        }
+        file_axes = range(len(shape)) if target is None else [
+            axis for axis, size in enumerate(target.reshape(-1).tolist()) if size != -1]
+        fixed = {t.map.our_axis(out, axis) for axis in file_axes} - {0}
         t.map.fixed_axes.setdefault(out, set()).update(fixed)
 
 
-def _transpose(t: _Tracer, node: onnx.NodeProto) -> None:
-    source = node.input[0]
+def _transpose(t: Tracer, node: onnx.NodeProto) -> None:
+    """Any permutation, the batch axis included (a recurrent node's input and output are time-major)."""
+    source, out = node.input[0], node.output[0]
     rank = len(t.shape(source))
     perm = list(t.attr(node, "perm", list(reversed(range(rank)))))
-    if perm[0] != 0:
+    batch = t.batch_axis(source)
+    if batch is None or perm.index(batch) != t.batch_axis(out):
         return t.opaque(node, "which moves the batch axis")
-    t.set(node.output[0], t.slots(source).transpose([p - 1 for p in perm[1:]]))
+    t.set(out, np.squeeze(t.file_slots(source).transpose(perm), perm.index(batch)))
 
 
-def _concat(t: _Tracer, node: onnx.NodeProto) -> None:
+def _concat(t: Tracer, node: onnx.NodeProto) -> None:
     out = node.output[0]
-    axis = int(t.attr(node, "axis")) % len(t.shape(out))
-    if axis == 0 or any(name in t.constants for name in node.input):
+    axis = t.map.our_axis(out, int(t.attr(node, "axis")) % len(t.shape(out)))
+    if axis == 0 or any(name in t.constants or t.batch_axis(name) != t.batch_axis(out) for name in node.input):
         return t.opaque(node, "which joins values along the batch axis or joins constants")
     t.set(out, np.concatenate([t.slots(name) for name in node.input], axis=axis - 1))
 
 
-def _split(t: _Tracer, node: onnx.NodeProto) -> None:
+def _split(t: Tracer, node: onnx.NodeProto) -> None:
     source = node.input[0]
-    axis = int(t.attr(node, "axis", 0)) % len(t.shape(source))
-    if axis == 0:
+    axis = t.map.our_axis(source, int(t.attr(node, "axis", 0)) % len(t.shape(source)))
+    if axis == 0 or any(t.batch_axis(name) != t.batch_axis(source) for name in node.output):
         return t.opaque(node, "which splits the batch axis")
     slots, start = t.slots(source), 0
     for name in node.output:
@@ -390,13 +279,15 @@ def _split(t: _Tracer, node: onnx.NodeProto) -> None:
         start += size
 
 
-def _shape(t: _Tracer, node: onnx.NodeProto) -> None:
-    """Reading only the batch size of a tensor (``x.view(x.size(0), -1)``) lets its units go."""
+def _shape(t: Tracer, node: onnx.NodeProto) -> None:
+    """Reading only the batch size of a tensor (``x.view(x.size(0), -1)``), or reshaping the tensor by its own
+    shape, lets its units go."""
+    batch = t.batch_axis(node.input[0])
     readers = t.readers.get(node.output[0], [])
     batch_only = all(r.op_type == "Gather" and t.constants.get(r.input[1]) is not None
-                     and t.constants[r.input[1]].size == 1 and int(t.constants[r.input[1]]) == 0 for r in readers)
+                     and t.constants[r.input[1]].size == 1 and int(t.constants[r.input[1]]) == batch for r in readers)
     start = int(t.attr(node, "start", 0))
-    if not (batch_only or (start == 0 and t.attr(node, "end") == 1)):
+    if not (batch_only or (batch == start == 0 and t.attr(node, "end") == 1) or feeds_own_reshapes(t, node)):
         t.opaque(node, "whose shape the graph computes with")
 
 
@@ -404,7 +295,7 @@ _POSITIONWISE = (
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu", "Erf", "Clip", "HardSigmoid", "HardSwish", "Sqrt", "Neg",
     "Reciprocal", "Exp", "Abs", "Identity", "Dropout", "Cast",
 )
-RULES: dict[str, Callable[[_Tracer, onnx.NodeProto], None]] = {
+RULES: dict[str, Callable[[Tracer, onnx.NodeProto], None]] = {
     **dict.fromkeys(_POSITIONWISE, _same),
     **dict.fromkeys(("Add", "Sub", "Mul", "Div", "Pow", "Sum", "Where"), _elementwise),
     **dict.fromkeys(("BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"),
@@ -416,20 +307,28 @@ RULES: dict[str, Callable[[_Tracer, onnx.NodeProto], None]] = {
     "LayerNormalization": _normalise(_layer_norm_axes),
     "Softmax": _normalise(lambda t, node: [int(t.attr(node, "axis", -1))]),
     "LogSoftmax": _normalise(lambda t, node: [int(t.attr(node, "axis", -1))]),
-    **dict.fromkeys(("LSTM", "GRU"), lambda t, node: t.opaque(node, "a recurrent node, whose units stay for now")),
+    **dict.fromkeys(("LSTM", "GRU"), recurrent),
 }
+# The rules that read a value's batch where the file keeps it; the others see only batch-first values.
+ANY_LAYOUT = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Shape", "Gather", "Concat", "Split",
+              "LSTM", "GRU"}
 
 
-def map_units(graph: onnx.GraphProto, values: dict[str, np.ndarray], constants: dict[str, np.ndarray]) -> UnitMap:
-    """The units of ``graph``; ``values`` holds every runtime value of one run (batch first), ``constants``
-    the graph's constants. Units that reach the graph's outputs are pinned: the outputs keep their shape."""
-    tracer = _Tracer(graph, values, constants)
+def map_units(graph: onnx.GraphProto, values: dict[str, np.ndarray], constants: dict[str, np.ndarray],
+              batch_axes: dict[str, int | None]) -> UnitMap:
+    """The units of ``graph``; ``values`` holds every runtime value of one run, batch first, ``batch_axes``
+    where the file keeps the batch of those for which that is not the first axis (None: no batch), and
+    ``constants`` the graph's constants. Units that reach the graph's outputs are pinned: the outputs keep their
+    shape."""
+    tracer = Tracer(graph, values, constants, batch_axes)
     for node in graph.node:
         named = [name for name in [*node.input, *node.output] if name and name not in constants]
-        if all(name in values and values[name].ndim for name in named):
-            RULES.get(node.op_type, _Tracer.opaque)(tracer, node)
-        else:
+        if not all(name in values and values[name].ndim for name in named):
             tracer.opaque(node)
+        elif node.op_type not in ANY_LAYOUT and any(tracer.batch_axis(name) not in (0, None) for name in named):
+            tracer.opaque(node, "which reads a value whose batch is not its first axis")
+        else:
+            RULES.get(node.op_type, Tracer.opaque)(tracer, node)
     for output in graph.output:
         tracer.units.pin(tracer.map.slots.get(output.name), "they are the model's output")
     return tracer.map

@@ -115,6 +115,22 @@ class RowReader(nn.Module):
         return self.classifier(out[:, -1])
 
 
+class TokenReader(nn.Module):
+    """Token ids -> embedding -> a projection -> LSTM, its final hidden state ``h[-1]`` classified: a text
+    classifier reading the recurrent node's state output rather than its sequence."""
+
+    def __init__(self, vocabulary: int = 50, width: int = 12, hidden: int = 16, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, width)
+        self.project = nn.Linear(width, width)
+        self.rnn = nn.LSTM(width, hidden, batch_first=True)
+        self.classifier = nn.Linear(hidden, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.rnn(torch.relu(self.project(self.embed(ids))))
+        return self.classifier(h[-1])
+
+
 def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Batchnorm statistics and affine terms away from 1 and 0, so that an importer that drops them fails."""
     generator = torch.Generator().manual_seed(seed)
@@ -130,10 +146,11 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def export(model: nn.Module, path: Path, dynamo: bool = True, opset: int | None = None,
-           input_shape: tuple[int, ...] = INPUT_SHAPE) -> Path:
-    """``torch.onnx.export`` as a user calls it: one file, a dynamic batch."""
+           input_shape: tuple[int, ...] = INPUT_SHAPE, example: torch.Tensor | None = None) -> Path:
+    """``torch.onnx.export`` as a user calls it: one file, a dynamic batch (``example``: a batch of two other than
+    pixels, such as token ids)."""
     model = model.eval()
-    example = torch.randn(2, *input_shape)
+    example = torch.randn(2, *input_shape) if example is None else example
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:

@@ -6,8 +6,17 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from torch import nn
 
-from tests.vdcore.graph.nets import AttentionClassifier, MobileNetish, ResNetish, export, handmade_mlp
+from tests.vdcore.graph.nets import (
+    AttentionClassifier,
+    MobileNetish,
+    ResNetish,
+    RowReader,
+    TokenReader,
+    export,
+    handmade_mlp,
+)
 from tests.vdcore.graph.nets import randomise_batchnorm as randomised
 from vdcore.graph import load_onnx, shrink_onnx
 from vdcore.graph.net import max_difference
@@ -17,9 +26,9 @@ from vdcore.shrink import layer_widths
 EXPORTERS = ["dynamo", "torchscript"]
 
 
-def _shrunk(model, tmp_path, exporter="dynamo"):
+def _shrunk(model, tmp_path, exporter="dynamo", example=None):
     """Export ``model``, import and shrink it; check the written shrunk file against the unshrunk network."""
-    path = export(model.eval(), tmp_path / "model.onnx", dynamo=exporter == "dynamo")
+    path = export(model.eval(), tmp_path / "model.onnx", dynamo=exporter == "dynamo", example=example)
     net = load_onnx(path)
     result = shrink_onnx(net)
     written = result.save(tmp_path / "small.onnx")
@@ -102,6 +111,46 @@ def test_units_a_layer_norm_or_a_computed_reshape_needs_stay_and_the_notes_say_w
     else:  # torch's older exporter computes the head size from the stream's shape at run time
         assert layer_widths(result.net) == [16, 16, 16, 16, 16, 27, 16, 10]
         assert f"2 dead unit(s) stay: {FIXED}" in notes and "Shape node" in notes
+
+
+def _recurrent_nodes(result):
+    return [n for n in result.model.graph.node if n.op_type in ("LSTM", "GRU")]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
+def test_recurrent_hidden_units_nobody_reads_go_from_both_directions(tmp_path, exporter, kind):
+    torch.manual_seed(0)
+    model = RowReader(kind, hidden=16, num_layers=2, bidirectional=True).eval()
+    with torch.no_grad():
+        for direction in ("", "_reverse"):  # hidden units 3 and 7 of the top layer: read by nobody
+            getattr(model.rnn, f"weight_hh_l1{direction}")[:, [3, 7]] = 0
+            getattr(model.rnn, f"weight_hh_l0{direction}")[:, 5] = 0  # unit 5 of the bottom layer, in both
+            getattr(model.rnn, f"weight_ih_l1{direction}")[:, [5, 16 + 5, 9]] = 0  # directions; 9 forward only
+            getattr(model.rnn, f"weight_hh_l0{direction}")[:, 9] = 0
+        model.classifier.weight[:, [3, 7, 16 + 3, 16 + 7]] = 0
+    net, result, written = _shrunk(model, tmp_path, exporter)
+    assert layer_widths(net) == [16, 16, 10]
+    assert layer_widths(result.net) == [15, 14, 10]  # the backward unit 9 still reads unit 9 of layer 0
+    nodes = _recurrent_nodes(result)
+    assert [next(a.i for a in n.attribute if a.name == "hidden_size") for n in nodes] == [15, 14]
+    assert all(len(n.input) <= 4 for n in nodes), "the zero initial state is ONNX's default"
+    assert written.bytes < (tmp_path / "model.onnx").stat().st_size
+
+
+def test_a_recurrent_node_reading_constant_features_takes_them_into_its_bias(tmp_path):
+    torch.manual_seed(0)
+    model = TokenReader().eval()
+    with torch.no_grad():
+        model.project.weight[[2, 4]] = 0  # two constant features (relu of their bias), folded into the LSTM's
+        model.project.bias[2] = 0.7
+        model.rnn.weight_ih_l0[:, 6] = 0  # a feature the LSTM does not read
+        model.rnn.weight_hh_l0[:, 1] = 0  # hidden unit 1: the classifier, reading h[-1], does not read it either
+        model.classifier.weight[:, 1] = 0
+    net, result, _ = _shrunk(model, tmp_path, example=torch.randint(0, 50, (2, 7)))
+    # projection, LSTM, classifier
+    assert layer_widths(net) == [12, 16, 3]
+    assert layer_widths(result.net) == [9, 15, 3]
 
 
 def test_a_handmade_gemm_network_shrinks_its_hidden_layer(tmp_path):
