@@ -19,8 +19,10 @@ from pydantic.fields import FieldInfo
 
 from vdcore.config import SVDConfig, TrainConfig
 from vdcore.finetune import Hold
+from vdcore.tradeoff import Objective, ObjectiveKind
 
 _TRAIN, _SVD = TrainConfig(), SVDConfig()
+OBJECTIVES: tuple[ObjectiveKind, ...] = ("max_accuracy_drop", "min_compression")
 MAX_EPOCHS = 10_000
 
 
@@ -48,6 +50,16 @@ class JobOptions(BaseModel):
     threshold: float = Field(
         _SVD.threshold, gt=-_SVD.log_alpha_clip, lt=_SVD.log_alpha_clip,
         description="drop weights with log alpha above this (3: dropout rate above ~95%)",
+    )
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=100,
+        description="objective: the most compressed network at most this many points of validation accuracy "
+        "below the dense start (the job then searches the threshold, in place of threshold)",
+    )
+    min_compression: float | None = Field(
+        None, ge=1, le=1e9,
+        description="objective: the most accurate network with at least this many times fewer non-zero weights "
+        "(the job then searches the threshold)",
     )
     val_fraction: float = Field(
         0.1, ge=0, lt=1, description="fraction of the training data held out for validation, when none is given"
@@ -85,6 +97,18 @@ class JobOptions(BaseModel):
         self.svd_config()
         return self
 
+    @model_validator(mode="after")
+    def _one_objective(self) -> Self:
+        given = [name for name in OBJECTIVES if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one objective at a time, not {' and '.join(given)}")
+        return self
+
+    def objective(self) -> Objective | None:
+        """The job's objective, if it has one: the threshold is then searched after Sparse VD training."""
+        name = next((name for name in OBJECTIVES if getattr(self, name) is not None), None)
+        return None if name is None else Objective(name, getattr(self, name))
+
     def train_config(self, epochs: int | None = None) -> TrainConfig:
         """The training loop: the options ``TrainConfig`` shares with this, over ``epochs`` (default: ours)."""
         shared = {f.name: getattr(self, f.name) for f in fields(TrainConfig) if f.name in type(self).model_fields}
@@ -118,7 +142,8 @@ def add_option_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, Any
     for name, info in JobOptions.model_fields.items():
         flag, shown = f"--{name.replace('_', '-')}", defaults.get(name, info.default)
         help_text = f"{info.description} ({_range(info)}default {shown})".replace("%", "%%")  # argparse formats it
-        kind = info.annotation
+        kind = next((arg for arg in get_args(info.annotation) if arg is not type(None)), info.annotation) \
+            if type(None) in get_args(info.annotation) else info.annotation  # float | None: a float flag
         if kind is bool:  # type=bool would read "false" as True
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
         elif get_origin(kind) is Literal:

@@ -30,6 +30,8 @@ from recipe.report import (
     ModelFacts,
     Parity,
     Report,
+    Tradeoff,
+    TradeoffPoint,
     Units,
     WeightCounts,
 )
@@ -49,6 +51,7 @@ from vdcore.graph import OnnxNet, OnnxPlan, plan_onnx, write_onnx
 from vdcore.layout import Fastest, export_fastest
 from vdcore.shrink import layer_widths
 from vdcore.spec import ModelPlan, SpecError, plan_model, spec_vocabulary
+from vdcore.tradeoff import Candidate, Choice, curve, search, set_threshold_
 from vdcore.weights import check_weights, load_weights, save_weights
 
 # The keys of ``JobInput.model``: where the network comes from.
@@ -179,7 +182,12 @@ def prepare(
             check_weights(plan.build(), job.weights)
         except ValueError as error:
             raise JobError(str(error)) from None
-    return Prepared(plan, split_validation(dataset, job.options.val_fraction, job.options.seed))
+    split = split_validation(dataset, job.options.val_fraction, job.options.seed)
+    objective = job.options.objective()
+    if objective is not None and split.val is None:
+        raise JobError(f"{objective.kind} is met on validation data, and this job has none: set val_fraction "
+                       "above 0 or send a validation split (x_val, y_val)")
+    return Prepared(plan, split)
 
 
 def _file_size(path: Path) -> FileSize:
@@ -237,6 +245,7 @@ def run(
         if not _starts_trained(job) and not options.pretrain_epochs:
             _start_from_scratch(model)
         stages.fit(model, data, options.train_config())
+    timed_choice = _choose_threshold(model, options, evaluation, accuracy_before)
     pruned = vdcore.prune(model)
     if options.structured and options.unit_multiple > 1 and isinstance(pruned, nn.Sequential):
         vdcore.round_units_(pruned, example, options.unit_multiple)
@@ -251,10 +260,49 @@ def run(
         fastest = export_fastest(pruned, example, baseline, out)
         accuracy = Accuracy(before=accuracy_before, after=vdcore.evaluate(fastest.model, evaluation))
     report = _report(data, options, device, stages, pruned, baseline, fastest, accuracy)
-    report.plots = draw_plots(report.history, report.layers, report.units, pruned, data.plan.input_shape, out)
+    report.tradeoff = _tradeoff(timed_choice, report)
+    if report.tradeoff.met is not None:
+        stages.on_progress(Progress(stage=Stage.MEASURING, val_accuracy=report.accuracy.after,
+                                    compression=report.compression, objective_met=report.tradeoff.met,
+                                    objective_shortfall=report.tradeoff.shortfall))
+    report.plots = draw_plots(report.history, report.layers, report.units, pruned, data.plan.input_shape, out,
+                              (report.tradeoff, report.accuracy, report.compression))
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(report.to_json())
     return report
+
+
+def _choose_threshold(model: nn.Module, options: JobOptions, evaluation: tuple[torch.Tensor, torch.Tensor],
+                      accuracy_before: float) -> tuple[Choice, float]:
+    """The trade-off curve on the validation data and the threshold to ship, made every layer's own: with an
+    objective, the one meeting it best; without, the job's. Returns the choice and the seconds it took."""
+    started, objective = time.perf_counter(), options.objective()
+    if objective is None:
+        choice = curve(model, evaluation, options.threshold)
+    else:
+        choice = search(model, evaluation, objective, accuracy_before)
+    set_threshold_(model, choice.chosen.threshold)
+    return choice, time.perf_counter() - started
+
+
+def _tradeoff(timed_choice: tuple[Choice, float], report: Report) -> Tradeoff:
+    """The curve and the pick, with whether the shipped network (fine-tuned, exported) meets the objective."""
+    choice, seconds = timed_choice
+    objective, shortfall = choice.objective, None
+    if objective is not None:
+        shipped = Candidate(choice.chosen.threshold, report.accuracy.after, report.weights.nonzero_after,
+                            report.weights.before, choice.chosen.units)
+        shortfall = objective.shortfall(shipped, report.accuracy.before)
+    return Tradeoff(
+        objective=None if objective is None else objective.kind, value=None if objective is None else objective.value,
+        chosen=_point(choice.chosen), candidates=[_point(c) for c in choice.candidates],
+        met=None if shortfall is None else shortfall == 0, shortfall=shortfall, search_s=seconds,
+    )
+
+
+def _point(candidate: Candidate) -> TradeoffPoint:
+    return TradeoffPoint(threshold=candidate.threshold, accuracy=candidate.accuracy, nonzero=candidate.nonzero,
+                         compression=candidate.compression, units=list(candidate.units))
 
 
 def _starts_trained(job: JobInput) -> bool:

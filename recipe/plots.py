@@ -18,13 +18,14 @@ from matplotlib.ticker import FuncFormatter
 from torch import nn
 
 from recipe.progress import Stage
-from recipe.report import LayerFacts, Units
+from recipe.report import Accuracy, LayerFacts, Tradeoff, Units
 from vdcore.files import atomic_path
 from vdcore.train import EpochMetrics
 
 DPI = 100
 TRAINING_CURVES, LAYER_SPARSITY, INPUT_RELEVANCE = "training_curves.png", "layer_sparsity.png", "input_relevance.png"
-PLOTS = (TRAINING_CURVES, LAYER_SPARSITY, INPUT_RELEVANCE)
+TRADEOFF = "tradeoff.png"
+PLOTS = (TRAINING_CURVES, LAYER_SPARSITY, TRADEOFF, INPUT_RELEVANCE)
 TRAIN_COLOUR = "tab:blue"
 VAL_COLOUR = "tab:orange"
 PRETRAIN_ALPHA = 0.35
@@ -34,19 +35,23 @@ _PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout)
 
 def draw_plots(
     history: Mapping[Stage, list[EpochMetrics]], layers: list[LayerFacts], units: Units, pruned: nn.Module,
-    input_shape: tuple[int, ...], out_dir: Path,
+    input_shape: tuple[int, ...], out_dir: Path, shipped: tuple[Tradeoff, Accuracy, float] | None = None,
 ) -> list[str]:
     """Write a job's PNG figures into ``out_dir`` and return the file names written, in order.
 
     ``training_curves.png`` (``history``) and ``layer_sparsity.png`` (``layers``, ``units``: the report's) are
-    always drawn; ``input_relevance.png`` only for image inputs (``(C, H, W)``) whose first weight layer is a
-    Linear reading the flattened pixels.
+    always drawn, ``tradeoff.png`` with ``shipped`` (the report's tradeoff, accuracy and compression);
+    ``input_relevance.png`` only
+    for image inputs (``(C, H, W)``) whose first weight layer is a Linear reading the flattened pixels.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save(_training_curves(history.get(Stage.PRETRAINING, []), history.get(Stage.TRAINING, [])), out, TRAINING_CURVES)
     _save(_layer_sparsity(layers, units), out, LAYER_SPARSITY)
     written = [TRAINING_CURVES, LAYER_SPARSITY]
+    if shipped is not None:
+        _save(_tradeoff_figure(*shipped), out, TRADEOFF)
+        written.append(TRADEOFF)
     relevance = input_relevance(pruned, tuple(input_shape))
     if relevance is not None:
         _save(_relevance_figure(relevance), out, INPUT_RELEVANCE)
@@ -200,6 +205,45 @@ def _layer_sparsity(layers: list[LayerFacts], units: Units) -> Figure:
     right.set_xlabel("layer")
     right.grid(True, axis="y", alpha=0.3)
     fig.suptitle("Per-layer sparsity")
+    return fig
+
+
+def _tradeoff_figure(tradeoff: Tradeoff, accuracy: Accuracy, compression: float) -> Figure:
+    """Validation error against compression for each threshold measured, the budget or floor the objective set,
+    the pick before fine-tuning and the network shipped after it."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    points = sorted(tradeoff.candidates, key=lambda p: p.compression)
+    ax.plot([p.compression for p in points], [100 * (1 - p.accuracy) for p in points], "o-", color=TRAIN_COLOUR,
+            markersize=4, label="a threshold's network, before fine-tuning")
+    for p in points[:: max(1, len(points) // 8)]:
+        ax.annotate(f"{p.threshold:g}", (p.compression, 100 * (1 - p.accuracy)), xytext=(3, 3),
+                    textcoords="offset points", fontsize="x-small", color="grey")
+    dense_error = 100 * (1 - accuracy.before)
+    ax.axhline(dense_error, color="grey", linestyle=":", linewidth=1, label=f"dense: {dense_error:.2f}% error")
+    if tradeoff.objective == "max_accuracy_drop":
+        ax.axhline(dense_error + tradeoff.value, color=VAL_COLOUR, linestyle="--", linewidth=1,
+                   label=f"budget: +{tradeoff.value:g} point")
+    elif tradeoff.objective == "min_compression":
+        ax.axvline(tradeoff.value, color=VAL_COLOUR, linestyle="--", linewidth=1,
+                   label=f"at least {tradeoff.value:g}x")
+    chosen = tradeoff.chosen
+    ax.plot([chosen.compression], [100 * (1 - chosen.accuracy)], "s", color=VAL_COLOUR, markersize=9,
+            label=f"picked: threshold {chosen.threshold:g}")
+    ax.plot([compression], [100 * (1 - accuracy.after)], "*", color="tab:green",
+            markersize=14, label=f"shipped, fine-tuned: {100 * (1 - accuracy.after):.2f}% error")
+    ax.set_xscale("log")
+    for axis_format in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis_format(FuncFormatter(lambda value, _: f"{value:.3g}x"))
+    ax.set_xlabel("compression (all weights / non-zero, log scale)")
+    ax.set_ylabel("validation error (%)")
+    ax.set_ylim(bottom=0, top=min(100.0, max(3 * dense_error + 1, 100 * (1 - chosen.accuracy) * 1.5 + 0.5)))
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    unit = " points" if tradeoff.objective == "max_accuracy_drop" else "x"
+    met = "" if tradeoff.met is None else " (objective met)" if tradeoff.met else \
+        f" (objective missed by {tradeoff.shortfall:.3g}{unit})"
+    ax.set_title(f"Accuracy against size, by threshold{met}")
     return fig
 
 

@@ -49,6 +49,13 @@ class Progress(BaseModel):
     seconds: float | None = Field(None, description="the epoch's duration")
     eta_seconds: float | None = Field(None, description="estimated seconds until training ends")
     reason: str | None = Field(None, description="why the job is in this stage, when it is not running")
+    objective_met: bool | None = Field(
+        None, description="with an objective, once measured: whether the shipped network meets it"
+    )
+    objective_shortfall: float | None = Field(
+        None, description="how far the shipped network misses the objective (points of accuracy, or times of "
+        "compression; 0 when met)"
+    )
 
     @field_validator("*", mode="after")
     @classmethod

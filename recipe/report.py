@@ -76,6 +76,32 @@ class Latency(BaseModel):
     speedup: float
 
 
+class TradeoffPoint(BaseModel):
+    """One threshold's network after Sparse VD training, before fine-tuning: validation accuracy, non-zero
+    weights, compression and the units (per layer with a weight matrix) that keep a weight."""
+
+    threshold: float
+    accuracy: float
+    nonzero: int
+    compression: float
+    units: list[int]
+
+
+class Tradeoff(BaseModel):
+    """The networks a grid of thresholds keeps after Sparse VD training, measured on the validation data, and
+    the one shipped: with an objective, the threshold the search picked (``met`` and ``shortfall``, points of
+    accuracy or times of compression missing, are the shipped network's, fine-tuned and exported, as the
+    report's accuracy and compression give them); without, the job's ``threshold``."""
+
+    objective: str | None
+    value: float | None
+    chosen: TradeoffPoint
+    candidates: list[TradeoffPoint]
+    met: bool | None
+    shortfall: float | None
+    search_s: float
+
+
 class Report(BaseModel):
     model: ModelFacts
     dataset: DatasetFacts
@@ -97,6 +123,7 @@ class Report(BaseModel):
     timings: dict[str, float]  # "<stage>_s" for each training stage that ran, and "total_s"
     plots: list[str] = []
     notes: list[str] = []  # what the job could not do as asked, and why
+    tradeoff: Tradeoff | None = None  # None only in reports written before the curve was measured
 
     def to_json(self) -> str:
         """The report as ``report.json`` holds it: indented, and refusing NaN, which JSON has no word for."""

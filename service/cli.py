@@ -19,7 +19,7 @@ from rich.progress import BarColumn, TaskID, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as ProgressBars
 from rich.table import Table
 
-from recipe.options import JobOptions, add_option_flags, given_options
+from recipe.options import OBJECTIVES, JobOptions, add_option_flags, given_options
 from recipe.pipeline import ARTIFACTS, JobError, JobInput, run
 from recipe.progress import Progress
 from recipe.report import Report
@@ -107,6 +107,11 @@ def _print_summary(report: Report, out: Path) -> None:
     table.add_row("accuracy", f"{report.accuracy.before:.4f} -> {report.accuracy.after:.4f}")
     table.add_row("compression", f"{report.compression:.1f}x ({report.sparsity:.2%} of weights dropped)")
     table.add_row("units", f"{report.units.before} -> {report.units.after}")
+    if report.tradeoff is not None:
+        table.add_row("threshold", _curve_position(report))
+        if report.tradeoff.met is not None:
+            table.add_row("objective", _objective_outcome(report.tradeoff.objective, report.tradeoff.value,
+                                                          report.tradeoff.met, report.tradeoff.shortfall))
     files = report.files
     table.add_row("ONNX bytes", f"{files['baseline.onnx'].bytes:,} -> {files['model.onnx'].bytes:,}")
     for name, row in report.latency.items():
@@ -115,6 +120,23 @@ def _print_summary(report: Report, out: Path) -> None:
         )
     table.add_row("artifacts", ", ".join(str(out / name) for name in ARTIFACTS))
     Console().print(table)
+
+
+def _curve_position(report: Report) -> str:
+    """Where the shipped threshold sits on the measured curve: its neighbours' compression and accuracy."""
+    tradeoff = report.tradeoff
+    points = tradeoff.candidates
+    at = next(i for i, p in enumerate(points) if p.threshold == tradeoff.chosen.threshold)
+    shown = [f"{p.threshold:g}: {p.compression:.1f}x at {p.accuracy:.4f}" for p in points[max(0, at - 1):at + 2]]
+    return (f"log alpha {tradeoff.chosen.threshold:g} (point {at + 1} of {len(points)} measured, lowest threshold "
+            f"first; before fine-tuning {' | '.join(shown)}; tradeoff.png draws them all)")
+
+
+def _objective_outcome(kind: str | None, value: float | None, met: bool | None, shortfall: float | None) -> str:
+    if met:
+        return f"{kind} {value:g}: met"
+    unit = " points of accuracy" if kind == "max_accuracy_drop" else "x of compression"
+    return f"{kind} {value:g}: missed by {shortfall:.3g}{unit} (the closest network measured is shipped)"
 
 
 def _fail(message: object) -> int:
@@ -165,6 +187,12 @@ def _watch(client: Client, job_id: str, interval: float = 1.0) -> int:
             time.sleep(interval)
     if job["state"] != JobState.SUCCEEDED:
         return _fail(f"job {job_id} {job['state']}" + (f": {job['error']}" if job["error"] else ""))
+    progress = job["progress"] or {}
+    if progress.get("objective_met") is not None:
+        options = job["request"]["options"]
+        kind = next(name for name in OBJECTIVES if options.get(name) is not None)
+        console.print(_objective_outcome(kind, options[kind], progress["objective_met"],
+                                         progress["objective_shortfall"]))
     console.print(f"job {job_id} succeeded; get its files with: vdc download {job_id}")
     return 0
 

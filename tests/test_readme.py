@@ -48,3 +48,17 @@ def test_library_recurrent_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "rows.onnx").exists()
     assert isinstance(namespace["pruned"][1].rnn, torch.nn.LSTM)
     assert vdcore.sparsity_report(namespace["pruned"]).compression > 2
+
+
+def test_the_objective_example_runs_and_says_whether_it_was_met(tmp_path, capsys):
+    """The README's ``--max-accuracy-drop`` command, as written but for fewer epochs and another folder."""
+    from service.cli import main
+
+    command = next(line for line in README.splitlines() if "--max-accuracy-drop" in line and "vdc compress" in line)
+    argv = command.split("vdc", 1)[1].split()
+    argv[argv.index("--epochs") + 1] = "6"
+    argv[argv.index("--out") + 1] = str(tmp_path / "budget")
+    assert main([*argv, "--pretrain-epochs", "4", "--finetune-epochs", "1", "--lr", "1e-2"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "max_accuracy_drop 0.5:" in printed and ("met" in printed or "missed by" in printed)
+    assert (tmp_path / "budget" / "tradeoff.png").exists()

@@ -43,7 +43,7 @@ def finished(tmp_path_factory):
 
 def test_artifacts_and_report(finished):
     out, report, _ = finished
-    assert report.plots == ["training_curves.png", "layer_sparsity.png", "input_relevance.png"]
+    assert report.plots == ["training_curves.png", "layer_sparsity.png", "tradeoff.png", "input_relevance.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*ARTIFACTS, *report.plots])
     assert Report.model_validate_json((out / "report.json").read_text()) == report
     assert report.model == ModelFacts(input_shape=[1, 8, 8], num_classes=10, parameters=50_610)
@@ -66,14 +66,42 @@ def test_report_json_keeps_its_fields_and_plain_json(finished):
     assert list(written) == [
         "model", "dataset", "options", "device", "accuracy", "compression", "sparsity", "weights", "units",
         "input_gather", "channel_multiple", "layers", "files", "onnx_parity_max_abs_diff", "latency", "history",
-        "resumed_after_epoch", "timings", "plots", "notes",
+        "resumed_after_epoch", "timings", "plots", "notes", "tradeoff",
     ]
     assert written["notes"] == []
     assert written["options"] == FAST.model_dump()
     assert list(written["history"]) == ["pretraining", "training", "finetuning"]
-    assert set(written["history"]["training"][0]) == set(Progress.model_fields) - {"stage", "eta_seconds", "reason"}
+    per_job = {"stage", "eta_seconds", "reason", "objective_met", "objective_shortfall"}
+    assert set(written["history"]["training"][0]) == set(Progress.model_fields) - per_job
     assert written["latency"]["batch_1"].keys() == {"baseline_ms", "compressed_ms", "speedup"}
     assert written["files"]["model.onnx"].keys() == {"bytes", "gzip_bytes"}
+
+
+def test_every_job_measures_the_tradeoff_curve_around_its_threshold(finished):
+    _, report, events = finished
+    tradeoff = report.tradeoff
+    assert tradeoff.objective is None and tradeoff.met is None and tradeoff.chosen.threshold == FAST.threshold
+    assert tradeoff.chosen.compression == pytest.approx(report.history[Stage.TRAINING][-1].compression)
+    assert len(tradeoff.candidates) > 20 and all(p.nonzero for p in tradeoff.candidates)
+    assert all(e.objective_met is None for e in events)
+
+
+def test_an_accuracy_budget_picks_the_threshold_and_the_job_says_whether_it_met_it(tmp_path):
+    options = FAST.model_copy(update={"epochs": 8, "pretrain_epochs": 4, "lr": 1e-2, "max_accuracy_drop": 4.0})
+    events = []
+    report = run(JobInput({"preset": "lenet-300-100"}, {"builtin": "digits"}, options=options), tmp_path,
+                 on_progress=events.append)
+    tradeoff = report.tradeoff
+    assert (tradeoff.objective, tradeoff.value) == ("max_accuracy_drop", 4.0)
+    passing = [p for p in tradeoff.candidates if 100 * (report.accuracy.before - p.accuracy) <= 4.0]
+    assert tradeoff.chosen.compression == max(p.compression for p in passing)
+    assert tradeoff.chosen.threshold != FAST.threshold or len(passing) == 1
+    drop = 100 * (report.accuracy.before - report.accuracy.after)
+    assert tradeoff.met == (drop <= 4.0) and tradeoff.shortfall == pytest.approx(max(0.0, drop - 4.0))
+    assert report.compression == pytest.approx(tradeoff.chosen.compression), "fine-tuning keeps the pick's zeros"
+    assert (events[-1].objective_met, events[-1].objective_shortfall) == (tradeoff.met, tradeoff.shortfall)
+    assert "tradeoff.png" in report.plots and (tmp_path / "tradeoff.png").stat().st_size > 10_000
+    assert tradeoff.search_s < report.timings["training_s"]
 
 
 def test_exported_model_has_the_reported_accuracy_in_onnxruntime(finished):
@@ -196,6 +224,17 @@ def test_user_weights_and_npz_dataset(tmp_path):
 def test_prepare_refuses_what_does_not_fit(model, dataset, message):
     with pytest.raises(JobError, match=message):
         prepare(JobInput(model, dataset))
+
+
+def test_an_objective_needs_validation_data(tmp_path):
+    data = load_digits()
+    np.savez(tmp_path / "data.npz", x=data.x.numpy(), y=data.y.numpy())  # no x_val, y_val
+    options = JobOptions(max_accuracy_drop=0.5, val_fraction=0.0)
+    with pytest.raises(JobError, match="max_accuracy_drop is met on validation data, and this job has none: set "
+                                       "val_fraction above 0"):
+        prepare(JobInput({"preset": "lenet-300-100"}, {"npz": str(tmp_path / "data.npz")}, options=options))
+    assert prepare(JobInput({"preset": "lenet-300-100"}, {"npz": str(tmp_path / "data.npz")},
+                            options=options.model_copy(update={"val_fraction": 0.1}))).dataset.val is not None
 
 
 def test_prepare_checks_weights_against_the_model(tmp_path):

@@ -96,6 +96,10 @@ BAD_REQUESTS = [
     ({**DIGITS_REQUEST, "options": {"device": "tpu"}}, "request.options.device"),
     ({**DIGITS_REQUEST, "options": {"kl_warmup_start": 0.5, "kl_warmup_end": 0.1}}, "KL warm-up needs"),
     ({**DIGITS_REQUEST, "options": {"epoch": 5}}, "request.options.epoch: Extra inputs are not permitted"),
+    ({**DIGITS_REQUEST, "options": {"max_accuracy_drop": 0.5, "min_compression": 10}},
+     "give one objective at a time, not max_accuracy_drop and min_compression"),
+    ({**DIGITS_REQUEST, "options": {"max_accuracy_drop": -0.5}}, "request.options.max_accuracy_drop"),
+    ({**DIGITS_REQUEST, "options": {"min_compression": 0.5}}, "request.options.min_compression"),
     ({**DIGITS_REQUEST, "model": {"preset": "vgg-like", "width": 1}}, "parameters; this service trains at most"),
 ]
 
