@@ -64,8 +64,8 @@ def load_mnist(directory: str | Path, train_examples: int = 0) -> tuple[Tensor, 
     x, y = data.x.flatten(1), data.y
     if train_examples:
         x, y = x[:train_examples], y[:train_examples]
-    assert data.x_val is not None and data.y_val is not None
-    return x, y, data.x_val.flatten(1), data.y_val
+    assert data.x_test is not None and data.y_test is not None
+    return x, y, data.x_test.flatten(1), data.y_test
 
 
 def train_mlp(

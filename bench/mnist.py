@@ -4,10 +4,11 @@
     python bench/mnist.py --net lenet-5-caffe --pretrain-epochs 20 --epochs 60
     python bench/mnist.py --net lenet-300-100 --epochs 2 --no-write   # a smoke run
 
-Runs ``recipe.pipeline.run`` on the full MNIST (the IDX files in ../shared/datasets/mnist, or ``--mnist``): the
-t10k images are the pipeline's validation set, so "accuracy after" is the test accuracy of the shrunk ONNX
-network's PyTorch twin, and the ONNX latencies (dense against compressed, batch 1 and 100) are measured side by
-side in the same run. Appends a section to ``bench/RESULTS.md`` and keeps the artifacts under ``--out``.
+Runs ``recipe.pipeline.run`` on the full MNIST (the IDX files in ../shared/datasets/mnist, or ``--mnist``): the t10k
+images are the job's test split, so the error after is the test error of the shrunk ONNX network's PyTorch twin (the
+job chooses on validation images held out of the training files, ``--val-fraction``), and the ONNX latencies (dense
+against compressed, batch 1 and 100) are measured side by side in the same run. Appends a section to
+``bench/RESULTS.md`` and keeps the artifacts under ``--out``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from bench.results import (
     job_tables,
     machine,
     print_progress,
+    selection_rows,
+    test_errors,
 )
 from recipe.options import JobOptions, given_options
 from recipe.pipeline import JobInput, run
@@ -44,8 +47,7 @@ TARGETS = {"lenet-300-100": (1.92, 68), "lenet-5-caffe": (0.80, 200)}
 
 
 def describe(net: str, report: Report, args: argparse.Namespace) -> list[str]:
-    error_before = 100 * (1 - report.accuracy.before)
-    error_after = 100 * (1 - report.accuracy.after)
+    error_before, error_after = test_errors(report)
     published, (max_error, min_compression) = PUBLISHED[net], TARGETS[net]
     # Rounded: 1 - 0.992 is 0.8000000000000007%, and a test set's error is a whole number of examples.
     met = round(error_after, 6) <= max_error and report.compression >= min_compression
@@ -62,6 +64,7 @@ def describe(net: str, report: Report, args: argparse.Namespace) -> list[str]:
         "| test error, dense | (from scratch: no dense network) | - |",
         f"| test error, compressed | {error_after:.2f}% | {published['error']}% |",
         *before_finetuning_rows(report),
+        *selection_rows(report),
         f"| compression (all weights / non-zero) | {report.compression:.1f}x | {published['compression']}x |",
         f"| non-zero weights per layer | {nonzero} | {published['nonzero']} |",
         f"| units per layer, before -> after shrink | {report.units.before} -> {report.units.after} | - |",

@@ -81,6 +81,29 @@ def print_progress(progress: Progress) -> None:
               f"{progress.seconds:.1f}s", flush=True)
 
 
+def test_errors(report: Report) -> tuple[float, float]:
+    """The test error (%) of the dense start and of the shipped network: the MNIST benchmarks' t10k images,
+    which the job never chose on (it chose on validation images held out of the training files)."""
+    if report.test_accuracy is None:
+        raise SystemExit("the job had no test split; MNIST's t10k files should have given one")
+    return 100 * (1 - report.test_accuracy.before), 100 * (1 - report.test_accuracy.after)
+
+
+def selection_rows(report: Report, columns: int = 2) -> list[str]:
+    """Rows with what the job chose on: the validation error of the dense start and of the shipped network, and
+    the objective's outcome when it had one; ``columns`` as in ``before_finetuning_rows``."""
+    rest = " - |" * (columns - 1)
+    before, after = 100 * (1 - report.accuracy.before), 100 * (1 - report.accuracy.after)
+    rows = [f"| validation error ({report.dataset.val_examples} held-out training images), dense -> compressed | "
+            f"{before:.2f}% -> {after:.2f}% |{rest}"]
+    tradeoff = report.tradeoff
+    if tradeoff is not None and tradeoff.met is not None:
+        outcome = "met" if tradeoff.met else f"missed by {tradeoff.shortfall:.3g}"
+        rows.append(f"| objective {tradeoff.objective} {tradeoff.value:g} (on validation) | {outcome}, log alpha "
+                    f"threshold {tradeoff.chosen.threshold:.3g}, search {tradeoff.search_s:.0f} s |{rest}")
+    return rows
+
+
 def _kb(size: int) -> str:
     return f"{size / 1024:.1f} KB"
 

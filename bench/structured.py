@@ -7,10 +7,10 @@ Structured Bayesian Pruning beside it.
 
 Runs ``recipe.pipeline.run`` with ``structured=True`` (``SVDConfig(granularity="weight+unit")``: Sparse VD on every
 weight and a learned random scale on every hidden unit and filter, the classifier per weight only) on the full MNIST
-(the IDX files in ../shared/datasets/mnist, or ``--mnist``). The t10k images are the pipeline's validation set, so
-"accuracy after" is the test accuracy of the shrunk network, and the onnxruntime latencies of the dense and the
-shrunk network (batch 1 and 100) are measured side by side in the same run. Appends a section to
-``bench/RESULTS.md`` and keeps the artifacts under ``--out``.
+(the IDX files in ../shared/datasets/mnist, or ``--mnist``). The t10k images are the job's test split, so the error
+after is the test error of the shrunk network (the job holds its validation images out of the training files), and
+the onnxruntime latencies of the dense and the shrunk network (batch 1 and 100) are measured side by side in the
+same run. Appends a section to ``bench/RESULTS.md`` and keeps the artifacts under ``--out``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from bench.results import (
     job_tables,
     machine,
     print_progress,
+    selection_rows,
+    test_errors,
 )
 from recipe.options import JobOptions, given_options
 from recipe.pipeline import JobInput, run
@@ -49,8 +51,7 @@ PUBLISHED_SBP = {
 
 
 def describe(net: str, report: Report, args: argparse.Namespace) -> list[str]:
-    error_before = 100 * (1 - report.accuracy.before)
-    error_after = 100 * (1 - report.accuracy.after)
+    error_before, error_after = test_errors(report)
     sbp = PUBLISHED_SBP[net]
     latency = report.latency
     best_speedup = max(row.speedup for row in latency.values())
@@ -72,6 +73,7 @@ def describe(net: str, report: Report, args: argparse.Namespace) -> list[str]:
         "| test error, dense | (from scratch: no dense network) | - |",
         f"| test error, compressed | {error_after:.2f}% | {sbp['error']}% |",
         *before_finetuning_rows(report),
+        *selection_rows(report),
         f"| units per layer, before -> after shrink | {units_before} -> {units_after} | {sbp['units']} (its count) |",
         f"| compression (all weights / non-zero) | {report.compression:.1f}x | - |",
         f"| non-zero weights per layer | {nonzero} | - |",

@@ -22,7 +22,7 @@ from vdcore.finetune import Hold
 from vdcore.tradeoff import Objective, ObjectiveKind
 
 _TRAIN, _SVD = TrainConfig(), SVDConfig()
-OBJECTIVES: tuple[ObjectiveKind, ...] = ("max_accuracy_drop", "min_compression")
+OBJECTIVES: tuple[ObjectiveKind, ...] = ("max_accuracy_drop", "min_compression", "max_file_bytes", "max_latency_ms")
 MAX_EPOCHS = 10_000
 
 
@@ -60,6 +60,19 @@ class JobOptions(BaseModel):
         None, ge=1, le=1e9,
         description="objective: the most accurate network with at least this many times fewer non-zero weights "
         "(the job then searches the threshold)",
+    )
+    max_file_bytes: int | None = Field(
+        None, ge=1, le=1 << 40,
+        description="objective: the most accurate network whose model.onnx is at most this many bytes (the job "
+        "exports the thresholds its search visits)",
+    )
+    max_latency_ms: float | None = Field(
+        None, gt=0, le=1e6,
+        description="objective: the most accurate network whose onnxruntime time per batch of latency_batch "
+        "examples, on the worker, is at most this many milliseconds",
+    )
+    latency_batch: int | None = Field(
+        None, ge=1, le=65_536, description="the batch size max_latency_ms is measured at (needed with it)"
     )
     val_fraction: float = Field(
         0.1, ge=0, lt=1, description="fraction of the training data held out for validation, when none is given"
@@ -102,12 +115,15 @@ class JobOptions(BaseModel):
         given = [name for name in OBJECTIVES if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"give one objective at a time, not {' and '.join(given)}")
+        if (self.max_latency_ms is None) != (self.latency_batch is None):
+            raise ValueError("max_latency_ms is measured per batch of latency_batch examples: give both, or "
+                             "neither (latency_batch 1 for one request at a time)")
         return self
 
     def objective(self) -> Objective | None:
         """The job's objective, if it has one: the threshold is then searched after Sparse VD training."""
         name = next((name for name in OBJECTIVES if getattr(self, name) is not None), None)
-        return None if name is None else Objective(name, getattr(self, name))
+        return None if name is None else Objective(name, getattr(self, name), self.latency_batch or 1)
 
     def train_config(self, epochs: int | None = None) -> TrainConfig:
         """The training loop: the options ``TrainConfig`` shares with this, over ``epochs`` (default: ours)."""

@@ -45,9 +45,11 @@ from vdcore.data import (
     load_npz,
     split_validation,
 )
+from vdcore.deployed import Deployed, deploy
 from vdcore.export import ExportResult
 from vdcore.files import atomic_path
 from vdcore.graph import OnnxNet, OnnxPlan, plan_onnx, write_onnx
+from vdcore.latency import measure_latency
 from vdcore.layout import Fastest, export_fastest
 from vdcore.shrink import layer_widths
 from vdcore.spec import ModelPlan, SpecError, plan_model, spec_vocabulary
@@ -228,7 +230,7 @@ def run(
     device = vdcore.resolve_device(options.device)
     torch.manual_seed(options.seed)
     model = data.plan.build()
-    evaluation = data.dataset.val or data.dataset.train
+    evaluation, test = data.dataset.val or data.dataset.train, data.dataset.test
     example = data.dataset.x[:1]
 
     if job.weights is not None:
@@ -238,6 +240,7 @@ def run(
             stages.fit(model, data, options.train_config(options.pretrain_epochs))
     model.to(device).eval()
     accuracy_before = vdcore.evaluate(model, evaluation)
+    test_before = None if test is None else vdcore.evaluate(model, test)
     baseline = _export(model, out / "baseline.onnx", example)
 
     with stages.stage(Stage.TRAINING):
@@ -245,7 +248,7 @@ def run(
         if not _starts_trained(job) and not options.pretrain_epochs:
             _start_from_scratch(model)
         stages.fit(model, data, options.train_config())
-    timed_choice = _choose_threshold(model, options, evaluation, accuracy_before)
+    timed_choice = _choose_threshold(model, options, evaluation, accuracy_before, example)
     pruned = vdcore.prune(model)
     if options.structured and options.unit_multiple > 1 and isinstance(pruned, nn.Sequential):
         vdcore.round_units_(pruned, example, options.unit_multiple)
@@ -257,10 +260,16 @@ def run(
         pruned = pruned.cpu()
         save_weights(pruned, out / "weights.safetensors")
     with stages.stage(Stage.MEASURING):
-        fastest = export_fastest(pruned, example, baseline, out)
-        accuracy = Accuracy(before=accuracy_before, after=vdcore.evaluate(fastest.model, evaluation))
+        smallest = options.max_file_bytes is not None  # a file budget ships the smallest form, others the fastest
+        fastest = export_fastest(pruned, example, baseline, out, smallest)
+        measured_on = "validation" if data.dataset.val is not None else "training"
+        accuracy = Accuracy(before=accuracy_before, after=vdcore.evaluate(fastest.model, evaluation),
+                            measured_on=measured_on)
+        test_accuracy = None if test is None else Accuracy(
+            before=test_before, after=vdcore.evaluate(fastest.model, test), measured_on="test")
     report = _report(data, options, device, stages, pruned, baseline, fastest, accuracy)
-    report.tradeoff = _tradeoff(timed_choice, report)
+    report.test_accuracy = test_accuracy
+    report.tradeoff = _tradeoff(timed_choice, report, out / "model.onnx")
     if report.tradeoff.met is not None:
         stages.on_progress(Progress(stage=Stage.MEASURING, val_accuracy=report.accuracy.after,
                                     compression=report.compression, objective_met=report.tradeoff.met,
@@ -273,36 +282,49 @@ def run(
 
 
 def _choose_threshold(model: nn.Module, options: JobOptions, evaluation: tuple[torch.Tensor, torch.Tensor],
-                      accuracy_before: float) -> tuple[Choice, float]:
+                      accuracy_before: float, example: torch.Tensor) -> tuple[Choice, float]:
     """The trade-off curve on the validation data and the threshold to ship, made every layer's own: with an
-    objective, the one meeting it best; without, the job's. Returns the choice and the seconds it took."""
+    objective, the one meeting it best; without, the job's. A few of the curve's networks (and those a file or
+    latency objective's search visits) are exported and timed. Returns the choice and the seconds it took."""
     started, objective = time.perf_counter(), options.objective()
+    def deployer(network: nn.Module, batch: int) -> Deployed:
+        return deploy(network, example, batch)
+
     if objective is None:
-        choice = curve(model, evaluation, options.threshold)
+        choice = curve(model, evaluation, options.threshold, deploy=deployer)
     else:
-        choice = search(model, evaluation, objective, accuracy_before)
+        choice = search(model, evaluation, objective, accuracy_before, deploy=deployer)
     set_threshold_(model, choice.chosen.threshold)
     return choice, time.perf_counter() - started
 
 
-def _tradeoff(timed_choice: tuple[Choice, float], report: Report) -> Tradeoff:
-    """The curve and the pick, with whether the shipped network (fine-tuned, exported) meets the objective."""
+def _tradeoff(timed_choice: tuple[Choice, float], report: Report, model_file: Path) -> Tradeoff:
+    """The curve and the pick, with whether the shipped network (fine-tuned, exported to ``model_file``) meets
+    the objective: a latency objective times the file again, at its batch, as long as the export's race did."""
     choice, seconds = timed_choice
     objective, shortfall = choice.objective, None
     if objective is not None:
+        deployed = None
+        if objective.deployed:
+            timed = measure_latency([model_file], report.model.input_shape, batch=objective.batch)[0]
+            deployed = Deployed(report.files["model.onnx"].bytes, timed.median_ms, objective.batch)
         shipped = Candidate(choice.chosen.threshold, report.accuracy.after, report.weights.nonzero_after,
-                            report.weights.before, choice.chosen.units)
+                            report.weights.before, choice.chosen.units, deployed)
         shortfall = objective.shortfall(shipped, report.accuracy.before)
     return Tradeoff(
         objective=None if objective is None else objective.kind, value=None if objective is None else objective.value,
+        latency_batch=1 if objective is None else objective.batch,
         chosen=_point(choice.chosen), candidates=[_point(c) for c in choice.candidates],
         met=None if shortfall is None else shortfall == 0, shortfall=shortfall, search_s=seconds,
     )
 
 
 def _point(candidate: Candidate) -> TradeoffPoint:
+    deployed = candidate.deployed
     return TradeoffPoint(threshold=candidate.threshold, accuracy=candidate.accuracy, nonzero=candidate.nonzero,
-                         compression=candidate.compression, units=list(candidate.units))
+                         compression=candidate.compression, units=list(candidate.units),
+                         file_bytes=None if deployed is None else deployed.file_bytes,
+                         latency_ms=None if deployed is None else deployed.latency_ms)
 
 
 def _starts_trained(job: JobInput) -> bool:
@@ -401,6 +423,7 @@ def _report(
         dataset=DatasetFacts(
             name=data.dataset.name, train_examples=len(data.dataset.x),
             val_examples=len((data.dataset.val or data.dataset.train)[0]),
+            test_examples=0 if data.dataset.test is None else len(data.dataset.test[0]),
         ),
         options=options,
         device=str(device),

@@ -18,7 +18,7 @@ from matplotlib.ticker import FuncFormatter
 from torch import nn
 
 from recipe.progress import Stage
-from recipe.report import Accuracy, LayerFacts, Tradeoff, Units
+from recipe.report import SHORTFALL_UNITS, Accuracy, LayerFacts, Tradeoff, Units
 from vdcore.files import atomic_path
 from vdcore.train import EpochMetrics
 
@@ -209,8 +209,9 @@ def _layer_sparsity(layers: list[LayerFacts], units: Units) -> Figure:
 
 
 def _tradeoff_figure(tradeoff: Tradeoff, accuracy: Accuracy, compression: float) -> Figure:
-    """Validation error against compression for each threshold measured, the budget or floor the objective set,
-    the pick before fine-tuning and the network shipped after it."""
+    """Validation error against compression for each threshold measured (the few exported marked with their
+    onnxruntime latency, per batch of the tradeoff's ``latency_batch``, and file size), the budget or floor the
+    objective set, the pick before fine-tuning and the network shipped after it."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
     points = sorted(tradeoff.candidates, key=lambda p: p.compression)
@@ -219,6 +220,9 @@ def _tradeoff_figure(tradeoff: Tradeoff, accuracy: Accuracy, compression: float)
     for p in points[:: max(1, len(points) // 8)]:
         ax.annotate(f"{p.threshold:g}", (p.compression, 100 * (1 - p.accuracy)), xytext=(3, 3),
                     textcoords="offset points", fontsize="x-small", color="grey")
+    for p in (p for p in points if p.latency_ms is not None):
+        ax.annotate(f"{p.latency_ms:.3g} ms, {p.file_bytes / 1024:.0f} KB", (p.compression, 100 * (1 - p.accuracy)),
+                    xytext=(3, -10), textcoords="offset points", fontsize="x-small", color=VAL_COLOUR)
     dense_error = 100 * (1 - accuracy.before)
     ax.axhline(dense_error, color="grey", linestyle=":", linewidth=1, label=f"dense: {dense_error:.2f}% error")
     if tradeoff.objective == "max_accuracy_drop":
@@ -227,6 +231,9 @@ def _tradeoff_figure(tradeoff: Tradeoff, accuracy: Accuracy, compression: float)
     elif tradeoff.objective == "min_compression":
         ax.axvline(tradeoff.value, color=VAL_COLOUR, linestyle="--", linewidth=1,
                    label=f"at least {tradeoff.value:g}x")
+    elif tradeoff.objective is not None:  # a budget on the exported file or its latency: a legend entry
+        unit = "bytes" if tradeoff.objective == "max_file_bytes" else f"ms per batch of {tradeoff.latency_batch}"
+        ax.plot([], [], linestyle="none", label=f"budget: {tradeoff.value:g} {unit}")
     chosen = tradeoff.chosen
     ax.plot([chosen.compression], [100 * (1 - chosen.accuracy)], "s", color=VAL_COLOUR, markersize=9,
             label=f"picked: threshold {chosen.threshold:g}")
@@ -240,9 +247,8 @@ def _tradeoff_figure(tradeoff: Tradeoff, accuracy: Accuracy, compression: float)
     ax.set_ylim(bottom=0, top=min(100.0, max(3 * dense_error + 1, 100 * (1 - chosen.accuracy) * 1.5 + 0.5)))
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize="small")
-    unit = " points" if tradeoff.objective == "max_accuracy_drop" else "x"
     met = "" if tradeoff.met is None else " (objective met)" if tradeoff.met else \
-        f" (objective missed by {tradeoff.shortfall:.3g}{unit})"
+        f" (objective missed by {tradeoff.shortfall:.3g}{SHORTFALL_UNITS[tradeoff.objective]})"
     ax.set_title(f"Accuracy against size, by threshold{met}")
     return fig
 

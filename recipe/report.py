@@ -7,6 +7,7 @@ The recipe builds a ``Report``; ``vdc compress``, the plots and the benchmarks r
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -25,14 +26,17 @@ class DatasetFacts(BaseModel):
     name: str
     train_examples: int
     val_examples: int
+    test_examples: int = 0
 
 
 class Accuracy(BaseModel):
-    """On the validation set (the training set when none is held out), of the dense model and of the exported
-    compressed one."""
+    """Of the dense model and of the exported compressed one, on the split ``measured_on`` names: the report's
+    ``accuracy`` is on the validation data (the training data when none is held out), the data the threshold was
+    chosen on; ``test_accuracy`` on test data nothing was chosen on."""
 
     before: float
     after: float
+    measured_on: Literal["validation", "training", "test"] = "validation"
 
 
 class WeightCounts(BaseModel):
@@ -78,23 +82,33 @@ class Latency(BaseModel):
 
 class TradeoffPoint(BaseModel):
     """One threshold's network after Sparse VD training, before fine-tuning: validation accuracy, non-zero
-    weights, compression and the units (per layer with a weight matrix) that keep a weight."""
+    weights, compression and the units (per layer with a weight matrix) that keep a weight; for the few the job
+    exported (the pick and a few spread over the curve), the ONNX file's bytes and onnxruntime's median time per
+    batch of the tradeoff's ``latency_batch``."""
 
     threshold: float
     accuracy: float
     nonzero: int
     compression: float
     units: list[int]
+    file_bytes: int | None = None
+    latency_ms: float | None = None
+
+
+SHORTFALL_UNITS = {"max_accuracy_drop": " points of accuracy", "min_compression": "x of compression",
+                   "max_file_bytes": " bytes", "max_latency_ms": " ms"}  # what a Tradeoff's shortfall counts
 
 
 class Tradeoff(BaseModel):
     """The networks a grid of thresholds keeps after Sparse VD training, measured on the validation data, and
     the one shipped: with an objective, the threshold the search picked (``met`` and ``shortfall``, points of
-    accuracy or times of compression missing, are the shipped network's, fine-tuned and exported, as the
-    report's accuracy and compression give them); without, the job's ``threshold``."""
+    accuracy, times of compression, bytes or milliseconds missing, are the shipped network's, fine-tuned and
+    exported, as the report's accuracy, compression and files give them, its latency timed again at
+    ``latency_batch``); without, the job's ``threshold``."""
 
     objective: str | None
     value: float | None
+    latency_batch: int = 1
     chosen: TradeoffPoint
     candidates: list[TradeoffPoint]
     met: bool | None
@@ -124,6 +138,7 @@ class Report(BaseModel):
     plots: list[str] = []
     notes: list[str] = []  # what the job could not do as asked, and why
     tradeoff: Tradeoff | None = None  # None only in reports written before the curve was measured
+    test_accuracy: Accuracy | None = None  # None: the data has no test split
 
     def to_json(self) -> str:
         """The report as ``report.json`` holds it: indented, and refusing NaN, which JSON has no word for."""

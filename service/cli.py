@@ -22,7 +22,7 @@ from rich.table import Table
 from recipe.options import OBJECTIVES, JobOptions, add_option_flags, given_options
 from recipe.pipeline import ARTIFACTS, JobError, JobInput, run
 from recipe.progress import Progress
-from recipe.report import Report
+from recipe.report import SHORTFALL_UNITS, Report
 from service.client import ApiError, Client
 from service.states import FINISHED, JobState
 from vdcore.presets import PRESETS
@@ -104,7 +104,11 @@ class _LiveView:
 
 def _print_summary(report: Report, out: Path) -> None:
     table = Table(title="compression", show_header=False)
-    table.add_row("accuracy", f"{report.accuracy.before:.4f} -> {report.accuracy.after:.4f}")
+    table.add_row(f"accuracy ({report.accuracy.measured_on})",
+                  f"{report.accuracy.before:.4f} -> {report.accuracy.after:.4f}")
+    test = report.test_accuracy
+    table.add_row("accuracy (test)", "no test split: the figure above is on the data the threshold was chosen on"
+                  if test is None else f"{test.before:.4f} -> {test.after:.4f}")
     table.add_row("compression", f"{report.compression:.1f}x ({report.sparsity:.2%} of weights dropped)")
     table.add_row("units", f"{report.units.before} -> {report.units.after}")
     if report.tradeoff is not None:
@@ -128,15 +132,19 @@ def _curve_position(report: Report) -> str:
     points = tradeoff.candidates
     at = next(i for i, p in enumerate(points) if p.threshold == tradeoff.chosen.threshold)
     shown = [f"{p.threshold:g}: {p.compression:.1f}x at {p.accuracy:.4f}" for p in points[max(0, at - 1):at + 2]]
-    return (f"log alpha {tradeoff.chosen.threshold:g} (point {at + 1} of {len(points)} measured, lowest threshold "
-            f"first; before fine-tuning {' | '.join(shown)}; tradeoff.png draws them all)")
+    chosen = tradeoff.chosen
+    deployed = "" if chosen.latency_ms is None else (
+        f"; exported before fine-tuning: {chosen.file_bytes:,} bytes, {chosen.latency_ms:.3f} ms per batch of "
+        f"{tradeoff.latency_batch}")
+    return (f"log alpha {chosen.threshold:g} (point {at + 1} of {len(points)} measured, lowest threshold "
+            f"first; before fine-tuning {' | '.join(shown)}{deployed}; tradeoff.png draws them all)")
 
 
 def _objective_outcome(kind: str | None, value: float | None, met: bool | None, shortfall: float | None) -> str:
     if met:
         return f"{kind} {value:g}: met"
-    unit = " points of accuracy" if kind == "max_accuracy_drop" else "x of compression"
-    return f"{kind} {value:g}: missed by {shortfall:.3g}{unit} (the closest network measured is shipped)"
+    return f"{kind} {value:g}: missed by {shortfall:.3g}{SHORTFALL_UNITS[kind]} (the closest network measured " \
+        "is shipped)"
 
 
 def _fail(message: object) -> int:

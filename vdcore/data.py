@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 DEFAULT_MAX_BYTES = 4 << 30
-_NPZ_KEYS = ("x", "y", "x_val", "y_val")
+_NPZ_KEYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")
+_SPLITS = (("x_val", "y_val"), ("x_test", "y_test"))  # beside the training pair x, y
 
 
 class DataError(ValueError):
@@ -36,13 +37,19 @@ class DataTooLarge(DataError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Training examples and, when there are any, validation examples; ``x`` is float32 (or int64 token ids for a
-    model that looks them up), ``y`` int64."""
+    """Training examples and, when there are any, validation and test examples; ``x`` is float32 (or int64 token
+    ids for a model that looks them up), ``y`` int64.
+
+    Validation data is what a job measures and chooses on (the threshold an objective picks); test data it never
+    chooses on, so its figures are the generalisation a user can expect.
+    """
 
     x: Tensor
     y: Tensor
     x_val: Tensor | None = None
     y_val: Tensor | None = None
+    x_test: Tensor | None = None
+    y_test: Tensor | None = None
     name: str = "dataset"
 
     @property
@@ -54,13 +61,17 @@ class Dataset:
         return None if self.x_val is None or self.y_val is None else (self.x_val, self.y_val)
 
     @property
+    def test(self) -> tuple[Tensor, Tensor] | None:
+        return None if self.x_test is None or self.y_test is None else (self.x_test, self.y_test)
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
     @property
     def num_classes(self) -> int:
-        labels = self.y if self.y_val is None else torch.cat([self.y, self.y_val])
-        return int(labels.max()) + 1
+        labels = [y for y in (self.y, self.y_val, self.y_test) if y is not None]
+        return int(torch.cat(labels).max()) + 1
 
 
 def _npz_members(
@@ -69,7 +80,7 @@ def _npz_members(
     """Shapes and dtypes of an npz's arrays, read from their headers without decompressing the data.
 
     ``DataTooLarge`` if the arrays would take more than ``max_bytes`` or hold more than ``max_samples`` examples
-    (``x`` and ``x_val`` together).
+    (``x``, ``x_val`` and ``x_test`` together).
     """
     members = {}
     stored = {}  # bytes after each header, by the zip's directory: zipfile never inflates a member past them
@@ -103,10 +114,10 @@ def _npz_members(
         raise DataTooLarge(
             f"the arrays would take {declared:,} bytes once loaded, more than the {max_bytes:,} allowed", "max_bytes"
         )
-    samples = sum(members[key][0][0] for key in ("x", "x_val") if key in members and members[key][0])
+    samples = sum(members[key][0][0] for key in ("x", "x_val", "x_test") if key in members and members[key][0])
     if max_samples is not None and samples > max_samples:
         raise DataTooLarge(
-            f"the dataset holds {samples:,} examples (x and x_val), more than the {max_samples:,} allowed",
+            f"the dataset holds {samples:,} examples (x, x_val and x_test), more than the {max_samples:,} allowed",
             "max_samples",
         )
     for name, (shape, dtype) in members.items():
@@ -192,22 +203,23 @@ def from_arrays(
     name: str = "dataset",
     vocabulary: int | None = None,
 ) -> Dataset:
-    """A checked dataset from ``x``, ``y`` and optional ``x_val``, ``y_val`` arrays; with ``vocabulary``, the
-    examples are token ids below it."""
+    """A checked dataset from ``x``, ``y`` and optional ``x_val``, ``y_val`` and ``x_test``, ``y_test`` arrays;
+    with ``vocabulary``, the examples are token ids below it."""
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"the dataset needs an array named '{key}'; it has {sorted(arrays)}")
-    if ("x_val" in arrays) != ("y_val" in arrays):
-        raise DataError("give both 'x_val' and 'y_val', or neither")
+    for x_key, y_key in _SPLITS:
+        if (x_key in arrays) != (y_key in arrays):
+            raise DataError(f"give both '{x_key}' and '{y_key}', or neither")
     x = _as_examples(arrays["x"], "x", input_shape, vocabulary)
     if len(x) == 0:
         raise DataError("'x' holds no examples")
-    y = _as_labels(arrays["y"], "y", len(x), num_classes)
-    if "x_val" not in arrays:
-        return Dataset(x, y, name=name)
-    x_val = _as_examples(arrays["x_val"], "x_val", input_shape, vocabulary)
-    y_val = _as_labels(arrays["y_val"], "y_val", len(x_val), num_classes)
-    return Dataset(x, y, x_val, y_val, name=name)
+    parts = {"x": x, "y": _as_labels(arrays["y"], "y", len(x), num_classes)}
+    for x_key, y_key in _SPLITS:
+        if x_key in arrays:
+            parts[x_key] = _as_examples(arrays[x_key], x_key, input_shape, vocabulary)
+            parts[y_key] = _as_labels(arrays[y_key], y_key, len(parts[x_key]), num_classes)
+    return Dataset(**parts, name=name)
 
 
 def load_npz(
@@ -218,12 +230,13 @@ def load_npz(
     max_samples: int | None = None,
     vocabulary: int | None = None,
 ) -> Dataset:
-    """Read an ``.npz`` with arrays ``x``, ``y`` (and optionally ``x_val``, ``y_val``), never unpickling.
+    """Read an ``.npz`` with arrays ``x``, ``y`` (and optionally ``x_val``, ``y_val``, ``x_test``, ``y_test``),
+    never unpickling.
 
     ``input_shape`` and ``num_classes`` are the model's; left out, they are taken from the data (the shape of
     an example of ``x``, the largest label + 1). ``vocabulary``: the model looks up token ids, so ``x`` must
     hold integers below it (kept as int64); otherwise ``x`` becomes float32. ``max_bytes`` (the arrays' size
-    once decompressed) and ``max_samples`` (examples in ``x`` and ``x_val``) are checked from the arrays'
+    once decompressed) and ``max_samples`` (examples in all three splits) are checked from the arrays'
     headers before any data is read; ``DataTooLarge`` names the one that was passed.
     """
     path = Path(path)
@@ -246,7 +259,7 @@ def load_npz(
 
 def _label_count(arrays: dict[str, np.ndarray]) -> int:
     """Classes implied by the labels (largest + 1), for a model whose class count is not given."""
-    labels = [arrays[k] for k in ("y", "y_val") if k in arrays and arrays[k].size]
+    labels = [arrays[k] for k in ("y", "y_val", "y_test") if k in arrays and arrays[k].size]
     if not labels or not all(y.dtype.kind in "iuf" for y in labels):
         return 0  # from_arrays then explains what is wrong with y
     top = max(float(np.nanmax(y)) for y in labels)
@@ -271,7 +284,8 @@ def split_validation(dataset: Dataset, fraction: float, seed: int = 0) -> Datase
 def load_digits() -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1797 images, shipped inside the package), scaled to [0, 1].
 
-    The last 297 images are the validation set, as a fixed split, so runs compare across machines.
+    Fixed splits, so runs compare across machines: 1200 images to train on, the next 300 to validate on, the last
+    297 to test on.
     """
     try:
         from sklearn.datasets import load_digits as sklearn_digits
@@ -280,7 +294,7 @@ def load_digits() -> Dataset:
     bunch = sklearn_digits()
     x = torch.from_numpy((bunch.data / 16.0).astype(np.float32)).reshape(-1, 1, 8, 8)
     y = torch.from_numpy(bunch.target.astype(np.int64))
-    return Dataset(x[:1500], y[:1500], x[1500:], y[1500:], name="digits")
+    return Dataset(x[:1200], y[:1200], x[1200:1500], y[1200:1500], x[1500:], y[1500:], name="digits")
 
 
 BUILTIN_DATASETS = {"digits": load_digits}
@@ -318,7 +332,8 @@ def _find(directory: Path, stem: str) -> Path:
 def load_idx_dir(directory: str | os.PathLike[str]) -> Dataset:
     """MNIST-format IDX files from a directory (``train-images-idx3-ubyte[.gz]`` and so on).
 
-    Images are scaled to [0, 1] and shaped ``(N, 1, H, W)``; the ``t10k`` files become the validation set.
+    Images are scaled to [0, 1] and shaped ``(N, 1, H, W)``; the ``t10k`` files become the test split, and a job
+    holds its validation data out of the training files.
     """
     directory = Path(directory)
     parts = []
@@ -331,4 +346,5 @@ def load_idx_dir(directory: str | os.PathLike[str]) -> Dataset:
             torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1),
             torch.from_numpy(labels.astype(np.int64)),
         ]
-    return Dataset(*parts, name=directory.name)
+    x, y, x_test, y_test = parts
+    return Dataset(x, y, x_test=x_test, y_test=y_test, name=directory.name)

@@ -147,9 +147,10 @@ class Fastest:
     notes: tuple[str, ...] = ()  # what the form leaves undone, for the report's reader
 
 
-def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportResult, out: Path) -> Fastest:
-    """Shrink ``pruned`` and write it to ``out/model.onnx`` in its fastest form, with its latency against
-    ``baseline``.
+def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportResult, out: Path,
+                   smallest: bool = False) -> Fastest:
+    """Shrink ``pruned`` and write it to ``out/model.onnx`` in its fastest form (with ``smallest``, its smallest
+    file, the fastest of equals), with its latency against ``baseline``.
 
     Several forms compute the same. When the first layer ignores some inputs, one gathers the read inputs first
     and the other keeps zero weights for the rest; and hidden convolutions may be padded with zero filters to
@@ -160,7 +161,7 @@ def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportRes
     unshrunk.
     """
     if isinstance(pruned, OnnxNet):
-        return _fastest_graph(pruned, example, baseline, out)
+        return _fastest_graph(pruned, example, baseline, out, smallest)
     shrunk = [shrink(pruned, example, gather_inputs=True)]
     if any(isinstance(m, GatherInput) for m in shrunk[0]):
         shrunk.append(shrink(pruned, example, gather_inputs=False))
@@ -175,7 +176,7 @@ def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportRes
     exports = [
         export_onnx(form, out / f".model-candidate-{i}.onnx", example) for i, (form, _, _) in enumerate(forms)
     ]
-    best, latency = race(baseline, exports, tuple(example.shape[1:]))
+    best, latency = race(baseline, exports, tuple(example.shape[1:]), smallest)
     for i, export in enumerate(exports):
         if i != best:
             export.path.unlink()
@@ -190,7 +191,8 @@ def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportRes
     )
 
 
-def _fastest_graph(pruned: OnnxNet, example: torch.Tensor, baseline: ExportResult, out: Path) -> Fastest:
+def _fastest_graph(pruned: OnnxNet, example: torch.Tensor, baseline: ExportResult, out: Path, smallest: bool
+                   ) -> Fastest:
     """An imported network's fastest form: shrunk in its own graph with convolutions rounded to each of
     ``CHANNEL_MULTIPLES`` or not at all, or not shrunk (all write the same function), timed side by side."""
     forms = []
@@ -202,7 +204,7 @@ def _fastest_graph(pruned: OnnxNet, example: torch.Tensor, baseline: ExportResul
     if all(layer_widths(unshrunk.net) != layer_widths(form.net) for form, _ in forms):
         forms.append((unshrunk, 1))
     exports = [form.save(out / f".model-candidate-{i}.onnx") for i, (form, _) in enumerate(forms)]
-    best, latency = race(baseline, exports, tuple(example.shape[1:]))
+    best, latency = race(baseline, exports, tuple(example.shape[1:]), smallest)
     for i, export in enumerate(exports):
         if i != best:
             export.path.unlink()
@@ -214,15 +216,23 @@ def _fastest_graph(pruned: OnnxNet, example: torch.Tensor, baseline: ExportResul
 
 
 def race(
-    baseline: ExportResult, candidates: list[ExportResult], input_shape: tuple[int, ...]
+    baseline: ExportResult, candidates: list[ExportResult], input_shape: tuple[int, ...], smallest: bool = False
 ) -> tuple[int, dict[str, dict[str, float]]]:
     """The candidate fastest against ``baseline`` (the lowest geometric mean over ``LATENCY_BATCHES``, all timed
-    side by side) and its latency by batch: baseline and compressed medians and the speed-up."""
+    side by side; with ``smallest``, the smallest file, the fastest of equals) and its latency by batch: baseline
+    and compressed medians and the speed-up."""
     timed = {
         batch: measure_latency([baseline.path, *(c.path for c in candidates)], input_shape, batch=batch)
         for batch in LATENCY_BATCHES
     }
-    best = min(range(len(candidates)), key=lambda i: math.prod(times[i + 1].median_ms for times in timed.values()))
+
+    def slowness(i: int) -> float:
+        return math.prod(times[i + 1].median_ms for times in timed.values())
+
+    if smallest:
+        best = min(range(len(candidates)), key=lambda i: (candidates[i].path.stat().st_size, slowness(i)))
+    else:
+        best = min(range(len(candidates)), key=slowness)
     latency = {
         f"batch_{batch}": {
             "baseline_ms": times[0].median_ms,

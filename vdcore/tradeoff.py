@@ -1,74 +1,95 @@
-"""Ask for the result, not the threshold: the log-alpha threshold that meets an accuracy or size objective.
+"""Ask for the result, not the threshold: the log-alpha threshold that meets an accuracy, size or speed objective.
 
 After Sparse VD training every weight's log alpha orders it: a threshold keeps the weights below it, so
 lowering it only ever removes more. Each threshold is a network we can measure without training anything:
 ``sweep`` measures a grid of them on the validation data (accuracy, non-zero weights, units with a kept weight)
 and ``search`` picks, for an ``Objective``, the most compressed network within an accuracy budget (refining the
 threshold between the grid's last passing and first failing point by bisection), or the most accurate one with
-at least a given compression. If none qualifies, it picks the closest and says by how much it misses.
+at least a given compression, or with an ONNX file or a latency within a budget (the shipped form only shrinks
+as the threshold falls, so a bisection over deployed networks finds the budget's edge, and the most accurate
+network below it is picked). If none qualifies, it picks the closest and says by how much it misses.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from vdcore.deployed import Deployed
 from vdcore.report import sparsity_report
 from vdcore.sparsify import svd_layers
 from vdcore.train import Data, evaluate
 
-ObjectiveKind = Literal["max_accuracy_drop", "min_compression"]
+ObjectiveKind = Literal["max_accuracy_drop", "min_compression", "max_file_bytes", "max_latency_ms"]
+DEPLOYED_KINDS = ("max_file_bytes", "max_latency_ms")  # judged on the exported file, not on the weights
 GRID = tuple(float(t) for t in np.arange(-8.0, 7.51, 0.5))  # the clip range of log alpha; 3 is the paper's
 BISECTIONS = 5
+CURVE_DEPLOYED = 3  # points of every curve exported and timed, for the report: the pick and both ends
+Deploy = Callable[[nn.Module, int], Deployed]  # a network at its layers' thresholds, exported, timed at a batch
 
 
 @dataclass(frozen=True)
 class Objective:
     """``max_accuracy_drop``: at most this many points of accuracy below the dense network's, as compressed as
-    possible; ``min_compression``: at least this many times fewer non-zero weights, as accurate as possible."""
+    possible; ``min_compression``: at least this many times fewer non-zero weights, as accurate as possible;
+    ``max_file_bytes``, ``max_latency_ms`` (onnxruntime, per batch of ``batch``): the shipped ONNX file at most
+    this large or this slow, as accurate as possible (the most compressed network would always be the smallest
+    and fastest, and the least accurate)."""
 
     kind: ObjectiveKind
     value: float
+    batch: int = 1  # of max_latency_ms
 
     def __post_init__(self) -> None:
         if self.kind == "max_accuracy_drop" and not 0 <= self.value <= 100:
             raise ValueError(f"max_accuracy_drop is in points of accuracy, 0 to 100; got {self.value}")
         if self.kind == "min_compression" and not self.value >= 1:
             raise ValueError(f"min_compression is a ratio of weights, 1 or more; got {self.value}")
+        if self.kind in DEPLOYED_KINDS and not self.value > 0:
+            raise ValueError(f"{self.kind} must be above 0; got {self.value}")
+        if self.batch < 1:
+            raise ValueError(f"the latency is per batch of 1 or more examples; got a batch of {self.batch}")
+
+    @property
+    def deployed(self) -> bool:
+        return self.kind in DEPLOYED_KINDS
 
     def shortfall(self, point: Candidate, dense_accuracy: float) -> float:
         """How far ``point`` is from meeting the objective (0 when it meets it): points of accuracy beyond the
-        budget, or the compression missing."""
+        budget, the compression missing, or the bytes or milliseconds over (``point`` deployed)."""
         if self.kind == "max_accuracy_drop":
             return max(0.0, 100 * (dense_accuracy - point.accuracy) - self.value)
-        return max(0.0, self.value - point.compression)
+        if self.kind == "min_compression":
+            return max(0.0, self.value - point.compression)
+        if point.deployed is None:
+            raise ValueError(f"{self.kind} is judged on the deployed network; deploy {point.threshold} first")
+        shipped = point.deployed.file_bytes if self.kind == "max_file_bytes" else point.deployed.latency_ms
+        return max(0.0, shipped - self.value)
 
 
 @dataclass(frozen=True)
 class Candidate:
     """The network one threshold keeps, measured: validation accuracy, non-zero weights, compression (all
     weights / non-zero) and, per layer with a weight matrix (not the flat recurrent ones), the output units that
-    keep at least one weight."""
+    keep at least one weight; ``deployed``, for the few exported and timed, the ONNX file's bytes and latency."""
 
     threshold: float
     accuracy: float
     nonzero: int
     weights: int
     units: tuple[int, ...]
+    deployed: Deployed | None = None
 
     @property
     def compression(self) -> float:
         return self.weights / self.nonzero if self.nonzero else float("inf")
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self) | {"units": list(self.units), "compression": self.compression}
 
 
 @dataclass(frozen=True)
@@ -124,40 +145,127 @@ def sweep(model: nn.Module, data: Data, thresholds: tuple[float, ...] = GRID) ->
 
 
 
-def curve(model: nn.Module, data: Data, threshold: float, thresholds: tuple[float, ...] = GRID) -> Choice:
-    """The trade-off around a threshold the user gave: its network among the grid's, for the report's curve."""
+def curve(model: nn.Module, data: Data, threshold: float, thresholds: tuple[float, ...] = GRID,
+          deploy: Deploy | None = None) -> Choice:
+    """The trade-off around a threshold the user gave: its network among the grid's, for the report's curve;
+    with ``deploy``, it and a few others exported and timed."""
     measured = sweep(model, data, tuple({*thresholds, threshold}))
-    candidates = [c for c in measured if c.nonzero or c.threshold == threshold]
+    candidates = tuple(c for c in measured if c.nonzero or c.threshold == threshold)
     chosen = next(c for c in candidates if c.threshold == threshold)
-    return Choice(None, chosen, tuple(candidates), 0.0)
+    if deploy is not None:
+        candidates, chosen = _deploy_some(model, candidates, chosen, deploy, 1)
+    return Choice(None, chosen, candidates, 0.0)
 
 
 def search(model: nn.Module, data: Data, objective: Objective, dense_accuracy: float,
-           thresholds: tuple[float, ...] = GRID) -> Choice:
-    """The threshold meeting ``objective`` best on ``data`` (``dense_accuracy``: the dense network's there)."""
+           thresholds: tuple[float, ...] = GRID, deploy: Deploy | None = None) -> Choice:
+    """The threshold meeting ``objective`` best on ``data`` (``dense_accuracy``: the dense network's there).
+
+    ``deploy`` exports and times a network; an objective on the shipped file or its latency needs it, and with
+    any objective a few points of the curve are deployed for the report.
+    """
+    if objective.deployed and deploy is None:
+        raise ValueError(f"{objective.kind} is judged on exported networks: give deploy")
     measured = {c.threshold: c for c in sweep(model, data, thresholds)}
+    edge = None
     if objective.kind == "min_compression":
         exact = _threshold_for_compression(model, objective.value)
         if exact is not None and exact not in measured:
             measured[exact] = measure(model, data, exact)
+    elif objective.kind == "max_accuracy_drop":
+        _bisect_accuracy_budget(model, data, objective, dense_accuracy, measured)
     else:
-        # Between the most compressed passing point and the next more compressed one, the budget's edge.
-        for _ in range(BISECTIONS):
-            ordered = sorted(measured.values(), key=lambda c: c.threshold)
-            passing = [i for i, c in enumerate(ordered) if objective.shortfall(c, dense_accuracy) == 0]
-            if not passing or passing[0] == 0:
-                break
-            low, high = ordered[passing[0] - 1].threshold, ordered[passing[0]].threshold
-            middle = round((low + high) / 2, 6)
-            if middle in measured:
-                break
-            measured[middle] = measure(model, data, middle)
+        edge = _bisect_deployed_budget(model, data, objective, measured, deploy)
     # A threshold that drops every weight is no network to ship.
     candidates = tuple(sorted((c for c in measured.values() if c.nonzero), key=lambda c: c.threshold))
     if not candidates:
         raise ValueError("every threshold searched drops all the weights; train with a smaller KL or fewer epochs")
-    chosen = _best(candidates, objective, dense_accuracy)
+    if objective.deployed:
+        chosen = _best_deployed(model, candidates, objective, edge, deploy)
+    else:
+        chosen = _best(candidates, objective, dense_accuracy)
+    if deploy is not None:
+        candidates, chosen = _deploy_some(model, candidates, chosen, deploy, objective.batch)
     return Choice(objective, chosen, candidates, objective.shortfall(chosen, dense_accuracy))
+
+
+def _bisect_accuracy_budget(model: nn.Module, data: Data, objective: Objective, dense_accuracy: float,
+                            measured: dict[float, Candidate]) -> None:
+    """Measure thresholds between the most compressed passing point and the next more compressed one, the
+    budget's edge, into ``measured``."""
+    for _ in range(BISECTIONS):
+        ordered = sorted(measured.values(), key=lambda c: c.threshold)
+        passing = [i for i, c in enumerate(ordered) if objective.shortfall(c, dense_accuracy) == 0]
+        if not passing or passing[0] == 0:
+            return
+        low, high = ordered[passing[0] - 1].threshold, ordered[passing[0]].threshold
+        middle = round((low + high) / 2, 6)
+        if middle in measured:
+            return
+        measured[middle] = measure(model, data, middle)
+
+
+def _bisect_deployed_budget(model: nn.Module, data: Data, objective: Objective, measured: dict[float, Candidate],
+                            deploy: Deploy) -> float | None:
+    """The highest threshold whose shipped network is within the budget (None: not even the most compressed is),
+    deploying as few as a bisection over the grid and then between its neighbours needs; the file and the
+    latency only shrink as the threshold falls, so every threshold below it is within the budget too."""
+
+    def within(threshold: float) -> bool:
+        if measured[threshold].deployed is None:
+            measured[threshold] = _deployed(model, measured[threshold], deploy, objective.batch)
+        return objective.shortfall(measured[threshold], 0.0) == 0
+
+    ordered = sorted(t for t, c in measured.items() if c.nonzero)
+    if not ordered or not within(ordered[0]):
+        return None
+    low, high = 0, len(ordered)  # ordered[low] is within; ordered[high], if any, is not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if within(ordered[middle]) else (low, middle)
+    if high == len(ordered):
+        return ordered[low]
+    edge, over = ordered[low], ordered[high]
+    for _ in range(BISECTIONS):
+        middle = round((edge + over) / 2, 6)
+        if middle in (edge, over):
+            break
+        measured[middle] = measure(model, data, middle)
+        edge, over = (middle, over) if within(middle) else (edge, middle)
+    return edge
+
+
+def _best_deployed(model: nn.Module, candidates: tuple[Candidate, ...], objective: Objective, edge: float | None,
+                   deploy: Deploy) -> Candidate:
+    """The most accurate network at or below the budget's ``edge``, deployed to confirm it (the edge's own if the
+    confirmation fails: latency is measured, so it can disagree by a hair); with no edge, the most compressed,
+    the closest to the budget."""
+    by_threshold = {c.threshold: c for c in candidates}
+    if edge is None:
+        return _deployed(model, candidates[0], deploy, objective.batch)
+    pick = max((c for c in candidates if c.threshold <= edge), key=lambda c: (c.accuracy, c.compression))
+    pick = _deployed(model, pick, deploy, objective.batch)
+    return pick if objective.shortfall(pick, 0.0) == 0 else by_threshold[edge]
+
+
+def _deployed(model: nn.Module, candidate: Candidate, deploy: Deploy, batch: int) -> Candidate:
+    if candidate.deployed is not None:
+        return candidate
+    with at_threshold(model, candidate.threshold):
+        return replace(candidate, deployed=deploy(model, batch))
+
+
+def _deploy_some(model: nn.Module, candidates: tuple[Candidate, ...], chosen: Candidate, deploy: Deploy,
+                 batch: int) -> tuple[tuple[Candidate, ...], Candidate]:
+    """The pick and others spread over the curve (with 3, the most compressed and the least) deployed at
+    ``batch``, so the report shows what a threshold does to the file and the latency; returns the candidates and
+    the pick."""
+    last = len(candidates) - 1
+    spread = {candidates[round(i * last / (CURVE_DEPLOYED - 2))].threshold for i in range(CURVE_DEPLOYED - 1)}
+    wanted = spread | {chosen.threshold}
+    updated = tuple(_deployed(model, c, deploy, batch) if c.threshold in wanted and c.nonzero else c
+                    for c in candidates)
+    return updated, next(c for c in updated if c.threshold == chosen.threshold)
 
 
 def _best(candidates: tuple[Candidate, ...], objective: Objective, dense_accuracy: float) -> Candidate:

@@ -100,6 +100,13 @@ BAD_REQUESTS = [
      "give one objective at a time, not max_accuracy_drop and min_compression"),
     ({**DIGITS_REQUEST, "options": {"max_accuracy_drop": -0.5}}, "request.options.max_accuracy_drop"),
     ({**DIGITS_REQUEST, "options": {"min_compression": 0.5}}, "request.options.min_compression"),
+    ({**DIGITS_REQUEST, "options": {"max_file_bytes": 40_000, "max_accuracy_drop": 1}},
+     "give one objective at a time, not max_accuracy_drop and max_file_bytes"),
+    ({**DIGITS_REQUEST, "options": {"max_latency_ms": 0.5}},
+     "max_latency_ms is measured per batch of latency_batch examples: give both"),
+    ({**DIGITS_REQUEST, "options": {"latency_batch": 8}}, "give both, or neither"),
+    ({**DIGITS_REQUEST, "options": {"max_latency_ms": -1, "latency_batch": 1}}, "request.options.max_latency_ms"),
+    ({**DIGITS_REQUEST, "options": {"max_file_bytes": 0}}, "request.options.max_file_bytes"),
     ({**DIGITS_REQUEST, "model": {"preset": "vgg-like", "width": 1}}, "parameters; this service trains at most"),
 ]
 

@@ -31,6 +31,16 @@ def test_npz_round_trip_and_flat_examples_are_reshaped(tmp_path):
     assert data.x.shape == (20, *SHAPE) and data.x.dtype == torch.float32
     assert data.x_val.shape == (5, *SHAPE) and data.y_val.dtype == torch.int64
     assert torch.equal(data.x_val, data.x[:5])
+    assert data.test is None
+
+
+def test_npz_carries_a_test_split_that_counts_toward_the_classes_and_the_limit(tmp_path):
+    arrays = good_arrays() | {"x_test": np.zeros((4, *SHAPE), np.float32), "y_test": np.array([0, 1, 2, 4])}
+    data = load_npz(write_npz(tmp_path / "d.npz", **arrays))
+    assert data.x_test.shape == (4, *SHAPE) and data.num_classes == 5 and data.val is None
+    assert split_validation(data, 0.25).x_test is data.x_test  # held-out validation comes from x, the test stays
+    with pytest.raises(DataError, match=r"24 examples \(x, x_val and x_test\), more than the 23"):
+        load_npz(tmp_path / "d.npz", max_samples=23)
 
 
 def test_npz_infers_shape_and_classes_when_not_given(tmp_path):
@@ -51,6 +61,9 @@ def test_npz_infers_shape_and_classes_when_not_given(tmp_path):
         ({"y": np.zeros(19, dtype=int)}, "1-d array of 20"),
         ({"y": np.zeros((20, 2), dtype=int)}, "1-d array of 20"),
         ({"x_val": np.zeros((2, *SHAPE), dtype=np.float32)}, "both 'x_val' and 'y_val'"),
+        ({"y_test": np.zeros(2, dtype=int)}, "both 'x_test' and 'y_test'"),
+        ({"x_test": np.zeros((2, 9), np.float32), "y_test": np.zeros(2, int)}, r"'x_test' has shape \[2, 9\]"),
+        ({"x_test": np.zeros((2, *SHAPE), np.float32), "y_test": np.zeros(3, int)}, "'y_test' must be a 1-d array"),
         ({"z": np.zeros(3)}, r"unexpected array\(s\) \['z'\]"),
         ({"x": np.zeros((0, *SHAPE), dtype=np.float32), "y": np.zeros(0, dtype=int)}, "no examples"),
     ],
@@ -92,7 +105,7 @@ def test_split_validation_is_seeded_and_respects_an_existing_split():
     assert split_validation(data, 0.2) is data  # digits has its own validation set
     train_only = type(data)(data.x, data.y)
     a, b = split_validation(train_only, 0.2, seed=1), split_validation(train_only, 0.2, seed=1)
-    assert len(a.x_val) == 300 and len(a.x) == 1200
+    assert len(a.x_val) == 240 and len(a.x) == 960
     assert torch.equal(a.y_val, b.y_val)
     with pytest.raises(DataError, match="fraction"):
         split_validation(train_only, 1.5)
@@ -100,7 +113,8 @@ def test_split_validation_is_seeded_and_respects_an_existing_split():
 
 def test_builtin_digits():
     data = load_builtin("digits")
-    assert data.x.shape == (1500, 1, 8, 8) and data.x_val.shape == (297, 1, 8, 8)
+    assert data.x.shape == (1200, 1, 8, 8) and data.x_val.shape == (300, 1, 8, 8)
+    assert data.x_test.shape == (297, 1, 8, 8)
     assert float(data.x.min()) >= 0 and float(data.x.max()) <= 1
     assert data.num_classes == 10
     with pytest.raises(DataError, match="built-in datasets are"):
@@ -119,7 +133,7 @@ def test_idx_directory(tmp_path):
         _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", 2051, rng.integers(0, 256, (n, 6, 6)))
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", 2049, rng.integers(0, 10, n))
     data = load_idx_dir(tmp_path)
-    assert data.x.shape == (12, 1, 6, 6) and data.x_val.shape == (5, 1, 6, 6)
+    assert data.x.shape == (12, 1, 6, 6) and data.x_test.shape == (5, 1, 6, 6) and data.val is None
     assert float(data.x.max()) <= 1.0
 
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x03" + b"\0" * 8))

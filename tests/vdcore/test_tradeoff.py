@@ -7,7 +7,18 @@ from torch import nn
 
 import vdcore
 from vdcore.data import load_digits
-from vdcore.tradeoff import GRID, Objective, at_threshold, curve, measure, search, set_threshold_
+from vdcore.deployed import deploy
+from vdcore.tradeoff import (
+    BISECTIONS,
+    CURVE_DEPLOYED,
+    GRID,
+    Objective,
+    at_threshold,
+    curve,
+    measure,
+    search,
+    set_threshold_,
+)
 
 FINE = tuple(float(t) for t in np.arange(-8.0, 8.0, 0.05))
 
@@ -23,6 +34,12 @@ def trained():
     vdcore.train(model, data.train, data.val, vdcore.TrainConfig(epochs=8, lr=1e-2, batch_size=50, device="cpu"))
     dense = vdcore.evaluate(model, data.val)
     return model.eval(), data.val, dense
+
+
+@pytest.fixture(scope="module")
+def deployer():
+    example = load_digits().x[:1]
+    return lambda model, batch: deploy(model, example, batch)
 
 
 def _brute_force(model, val):
@@ -94,3 +111,44 @@ def test_objectives_refuse_budgets_that_mean_nothing():
         Objective("max_accuracy_drop", -1)
     with pytest.raises(ValueError, match="1 or more"):
         Objective("min_compression", 0.5)
+    with pytest.raises(ValueError, match="must be above 0"):
+        Objective("max_file_bytes", 0)
+    with pytest.raises(ValueError, match="batch of 1 or more"):
+        Objective("max_latency_ms", 1.0, batch=0)
+
+
+def test_a_file_budget_gets_the_most_accurate_network_that_fits_exporting_few(trained, deployer):
+    model, val, dense = trained
+    brute = []
+    for threshold in GRID:
+        with at_threshold(model, threshold):
+            brute.append((measure(model, val, threshold), deployer(model, 1)))
+    sizes = [deployed.file_bytes for _, deployed in brute]
+    assert sizes == sorted(sizes), "the shipped file only shrinks as the threshold falls"
+    budget = sorted(set(sizes))[len(set(sizes)) // 2]
+    choice = search(model, val, Objective("max_file_bytes", budget), dense, deploy=deployer)
+    assert choice.met and choice.chosen.deployed.file_bytes <= budget
+    assert choice.chosen.accuracy >= max(c.accuracy for c, d in brute if d.file_bytes <= budget and c.nonzero)
+    exported = [c for c in choice.candidates if c.deployed is not None]
+    assert len(exported) <= 6 + BISECTIONS + CURVE_DEPLOYED < len(GRID), "a bisection, not every threshold"
+
+
+def test_a_latency_budget_is_met_by_the_most_accurate_network_or_missed_by_the_smallest(trained, deployer):
+    model, val, dense = trained
+    generous = search(model, val, Objective("max_latency_ms", 1e3, batch=4), dense, deploy=deployer)
+    assert generous.met and generous.chosen.accuracy == max(c.accuracy for c in generous.candidates)
+    assert generous.chosen.deployed.batch == 4
+    impossible = search(model, val, Objective("max_latency_ms", 1e-9), dense, deploy=deployer)
+    assert not impossible.met and impossible.chosen.threshold == impossible.candidates[0].threshold
+    assert impossible.shortfall == pytest.approx(impossible.chosen.deployed.latency_ms - 1e-9)
+    with pytest.raises(ValueError, match="judged on exported networks: give deploy"):
+        search(model, val, Objective("max_file_bytes", 1e4), dense)
+
+
+def test_a_curve_exports_a_few_of_its_points(trained, deployer):
+    model, val, _ = trained
+    choice = curve(model, val, 3.0, deploy=deployer)
+    exported = [c for c in choice.candidates if c.deployed is not None]
+    assert choice.chosen in exported and len(exported) == CURVE_DEPLOYED == 3
+    assert exported[0] == choice.candidates[0] and exported[-1] == choice.candidates[-1], "both ends of the curve"
+    assert all(c.deployed.file_bytes > 0 and c.deployed.latency_ms > 0 for c in exported)
