@@ -74,6 +74,11 @@ class JobOptions(BaseModel):
     latency_batch: int | None = Field(
         None, ge=1, le=65_536, description="the batch size max_latency_ms is measured at (needed with it)"
     )
+    early_stop_patience: int | None = Field(
+        None, ge=1, le=MAX_EPOCHS,
+        description="with max_accuracy_drop or min_compression: stop Sparse VD training once the objective is met "
+        "and its pick (compression under a budget, accuracy above a floor) has not improved for this many epochs",
+    )
     val_fraction: float = Field(
         0.1, ge=0, lt=1, description="fraction of the training data held out for validation, when none is given"
     )
@@ -115,6 +120,10 @@ class JobOptions(BaseModel):
         given = [name for name in OBJECTIVES if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"give one objective at a time, not {' and '.join(given)}")
+        if self.early_stop_patience is not None and not {"max_accuracy_drop", "min_compression"} & set(given):
+            raise ValueError("early_stop_patience watches an objective's pick after every epoch: set "
+                             "max_accuracy_drop or min_compression with it (file and latency budgets would "
+                             "export networks every epoch)")
         if (self.max_latency_ms is None) != (self.latency_batch is None):
             raise ValueError("max_latency_ms is measured per batch of latency_batch examples: give both, or "
                              "neither (latency_batch 1 for one request at a time)")

@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 import vdcore
+from recipe.early_stop import EarlyStop
 from recipe.options import JobOptions
 from recipe.plots import draw_plots
 from recipe.progress import TRAINING_STAGES, OnProgress, Progress, ShouldStop, Stage
 from recipe.report import (
     Accuracy,
     DatasetFacts,
+    EarlyStopFacts,
     FileSize,
     ModelFacts,
     Parity,
@@ -247,7 +249,9 @@ def run(
         vdcore.sparsify_(model, options.svd_config())
         if not _starts_trained(job) and not options.pretrain_epochs:
             _start_from_scratch(model)
-        stages.fit(model, data, options.train_config())
+        monitor = None if options.early_stop_patience is None else EarlyStop(
+            options.objective(), accuracy_before, evaluation, options.early_stop_patience)
+        stages.fit(model, data, options.train_config(), early_stop=monitor)
     timed_choice = _choose_threshold(model, options, evaluation, accuracy_before, example)
     pruned = vdcore.prune(model)
     if options.structured and options.unit_multiple > 1 and isinstance(pruned, nn.Sequential):
@@ -269,6 +273,10 @@ def run(
             before=test_before, after=vdcore.evaluate(fastest.model, test), measured_on="test")
     report = _report(data, options, device, stages, pruned, baseline, fastest, accuracy)
     report.test_accuracy = test_accuracy
+    if monitor is not None:
+        stopped = monitor.stopped_after
+        report.early_stop = EarlyStopFacts(patience=monitor.patience, stopped_after_epoch=stopped,
+                                           epochs_saved=0 if stopped is None else options.epochs - stopped)
     report.tradeoff = _tradeoff(timed_choice, report, out / "model.onnx")
     if report.tradeoff.met is not None:
         stages.on_progress(Progress(stage=Stage.MEASURING, val_accuracy=report.accuracy.after,
@@ -380,10 +388,11 @@ class _Stages:
 
     def fit(
         self, model: nn.Module, data: Prepared, config: TrainConfig,
-        fit: Callable[..., list[vdcore.EpochMetrics]] = vdcore.train,
+        fit: Callable[..., list[vdcore.EpochMetrics]] = vdcore.train, early_stop: EarlyStop | None = None,
     ) -> None:
         """Train the current stage with ``fit`` (``vdcore.train`` or ``vdcore.finetune``), reporting each epoch
-        and, with checkpoints, saving it so that a rerun of the job resumes after the last one."""
+        and, with checkpoints, saving it so that a rerun of the job resumes after the last one; ``early_stop``
+        may end it after any epoch."""
         stage, new_epochs, stopped = self.current, 0, False
         later = TRAINING_STAGES[TRAINING_STAGES.index(stage) + 1 :]
         later_epochs = sum(self.planned[after] for after in later)
@@ -392,11 +401,13 @@ class _Stages:
             nonlocal new_epochs
             new_epochs += 1
             self.on_progress(Progress.of_epoch(stage, metrics, later_epochs))
+            if early_stop is not None:
+                early_stop.after_epoch(model, metrics.epoch)
 
         def should_stop() -> bool:
             nonlocal stopped
             stopped = self.should_stop()
-            return stopped
+            return stopped or (early_stop is not None and early_stop.stopped_after is not None)
 
         checkpoint = None if self.checkpoints is None else self.checkpoints / f"{stage}.ckpt"
         history = fit(

@@ -116,6 +116,15 @@ class Tradeoff(BaseModel):
     search_s: float
 
 
+class EarlyStopFacts(BaseModel):
+    """Sparse VD training stopped once the objective was met and its pick had not improved for ``patience``
+    epochs: after which epoch (None: it ran them all) and how many of the planned epochs that saved."""
+
+    patience: int
+    stopped_after_epoch: int | None
+    epochs_saved: int
+
+
 class Report(BaseModel):
     model: ModelFacts
     dataset: DatasetFacts
@@ -139,6 +148,7 @@ class Report(BaseModel):
     notes: list[str] = []  # what the job could not do as asked, and why
     tradeoff: Tradeoff | None = None  # None only in reports written before the curve was measured
     test_accuracy: Accuracy | None = None  # None: the data has no test split
+    early_stop: EarlyStopFacts | None = None  # None: the job did not ask for it
 
     def to_json(self) -> str:
         """The report as ``report.json`` holds it: indented, and refusing NaN, which JSON has no word for."""

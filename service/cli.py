@@ -116,6 +116,11 @@ def _print_summary(report: Report, out: Path) -> None:
         if report.tradeoff.met is not None:
             table.add_row("objective", _objective_outcome(report.tradeoff.objective, report.tradeoff.value,
                                                           report.tradeoff.met, report.tradeoff.shortfall))
+    if report.early_stop is not None:
+        stop = report.early_stop
+        table.add_row("early stop", f"ran all {report.options.epochs} epochs (patience {stop.patience})"
+                      if stop.stopped_after_epoch is None else f"after epoch {stop.stopped_after_epoch} of "
+                      f"{report.options.epochs}: {stop.epochs_saved} saved (patience {stop.patience})")
     files = report.files
     table.add_row("ONNX bytes", f"{files['baseline.onnx'].bytes:,} -> {files['model.onnx'].bytes:,}")
     for name, row in report.latency.items():

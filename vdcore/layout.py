@@ -21,17 +21,16 @@ from vdcore.export import ExportResult, export_onnx
 from vdcore.graph import OnnxNet, shrink_onnx
 from vdcore.graph.shrink import keep_units
 from vdcore.latency import measure_latency
+from vdcore.rebuild import WeightLayer, rebuilt
 from vdcore.shrink import (
     BatchNorm,
     GatherInput,
-    WeightLayer,
     bn_holding,
     can_shrink_between,
     flat_layers,
     flattening,
     input_shapes,
     layer_widths,
-    rebuilt,
     shrink,
     weight_pairs,
 )

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from vdcore.layers import weight_suffix
+from vdcore.rebuild import rebuilt
 
 Reduce = Literal["last", "mean"]
 REDUCTIONS: tuple[Reduce, ...] = ("last", "mean")
@@ -152,7 +153,7 @@ def _shrink_units(layers: list[nn.Module], index: int, block_input: Tensor) -> b
     layers[index] = RecurrentFeatures(_rebuilt(rnn, keep, torch.arange(rnn.input_size)), block.reduce)
     if reader is not None:
         columns = torch.cat([d * hidden + keep[rnn.num_layers - 1, d] for d in range(directions)])
-        layers[reader_index] = _linear(reader.weight[:, columns], reader.bias)
+        layers[reader_index] = rebuilt(reader, reader.weight[:, columns], reader.bias)
     return True
 
 
@@ -198,13 +199,4 @@ def _rebuilt(rnn: Recurrent, keep: dict[tuple[int, int], Tensor], inputs: Tensor
             if rnn.bias:
                 for kind in ("bias_ih", "bias_hh"):
                     getattr(new, kind + suffix).copy_(getattr(rnn, kind + suffix)[rows])
-    return new.eval()
-
-
-def _linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
-    new = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
-                    dtype=weight.dtype)
-    new.weight.copy_(weight)
-    if bias is not None:
-        new.bias.copy_(bias)
     return new.eval()

@@ -17,10 +17,10 @@ from torch.nn.utils import skip_init
 
 from vdcore.layers import EmbeddingSVD, RecurrentSVD, SVDLayer
 from vdcore.prune import prune
+from vdcore.rebuild import WeightLayer, rebuilt
 from vdcore.sequence import ImageRows, RecurrentFeatures, shrink_recurrent
 from vdcore.sparsify import is_sparsified
 
-WeightLayer = nn.Linear | nn.Conv2d
 BatchNorm = nn.BatchNorm1d | nn.BatchNorm2d
 
 # Layers that act on each feature or channel on its own, so a unit can be traced through them by index.
@@ -277,32 +277,6 @@ def _constant_outputs(a: WeightLayer, between: list[nn.Module], out_shape: torch
     for layer in between:
         x = layer(x)
     return x.reshape(width, -1)
-
-
-def rebuilt(layer: WeightLayer, weight: Tensor, bias: Tensor | None) -> WeightLayer:
-    """A layer like ``layer`` holding ``weight`` and ``bias``, its sizes taken from ``weight``."""
-    factory = {"device": weight.device, "dtype": weight.dtype}
-    new: WeightLayer
-    if isinstance(layer, nn.Linear):
-        new = skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None, **factory)
-    else:
-        new = skip_init(
-            nn.Conv2d,
-            weight.shape[1] * layer.groups,
-            weight.shape[0],
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-            bias=bias is not None,
-            padding_mode=layer.padding_mode,
-            **factory,
-        )
-    new.weight.copy_(weight)
-    if bias is not None:
-        new.bias.copy_(bias)
-    return new.eval()
 
 
 def _bn_subset(bn: BatchNorm, index: Tensor) -> BatchNorm:

@@ -67,6 +67,7 @@ def test_report_json_keeps_its_fields_and_plain_json(finished):
         "model", "dataset", "options", "device", "accuracy", "compression", "sparsity", "weights", "units",
         "input_gather", "channel_multiple", "layers", "files", "onnx_parity_max_abs_diff", "latency", "history",
         "resumed_after_epoch", "timings", "plots", "notes", "tradeoff", "test_accuracy",
+        "early_stop",
     ]
     assert written["notes"] == []
     assert written["options"] == FAST.model_dump()

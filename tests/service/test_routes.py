@@ -107,6 +107,9 @@ BAD_REQUESTS = [
     ({**DIGITS_REQUEST, "options": {"latency_batch": 8}}, "give both, or neither"),
     ({**DIGITS_REQUEST, "options": {"max_latency_ms": -1, "latency_batch": 1}}, "request.options.max_latency_ms"),
     ({**DIGITS_REQUEST, "options": {"max_file_bytes": 0}}, "request.options.max_file_bytes"),
+    ({**DIGITS_REQUEST, "options": {"early_stop_patience": 5}}, "early_stop_patience watches an objective's pick"),
+    ({**DIGITS_REQUEST, "options": {"early_stop_patience": 5, "max_file_bytes": 10_000}},
+     "set max_accuracy_drop or min_compression with it"),
     ({**DIGITS_REQUEST, "model": {"preset": "vgg-like", "width": 1}}, "parameters; this service trains at most"),
 ]
 

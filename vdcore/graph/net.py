@@ -19,6 +19,7 @@ from vdcore.graph import ops
 from vdcore.graph.ops import ONNX_DTYPES, NodeContext, Source, Step
 from vdcore.graph.read import OnnxError, ReadGraph, node_label, read_onnx
 from vdcore.graph.recurrent import RECURRENT_CONVERTERS
+from vdcore.layers import EmbeddingSVD
 
 CONVERTERS = {**ops.CONVERTERS, **RECURRENT_CONVERTERS}
 OPERATORS = tuple(sorted(CONVERTERS))  # what an imported file may hold, for messages and the README
@@ -71,8 +72,10 @@ class OnnxNet(nn.Module):
 
     @property
     def vocabulary(self) -> int | None:
-        """The rows of the smallest embedding table (what integer inputs may index), or None without tables."""
-        tables = [layer.num_embeddings for layer in self.layers.values() if isinstance(layer, nn.Embedding)]
+        """The rows of the smallest embedding table (what integer inputs may index), or None without tables; a
+        table swapped for Sparse VD (``EmbeddingSVD``) counts as well."""
+        tables = [layer.num_embeddings for layer in self.layers.values()
+                  if isinstance(layer, nn.Embedding | EmbeddingSVD)]
         return min(tables, default=None)
 
     def example_input(self, batch: int = CHECK_BATCH, seed: int = 0) -> Tensor:

@@ -8,6 +8,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+import vdcore
 from tests.vdcore.graph.nets import (
     AttentionClassifier,
     MobileNetish,
@@ -151,6 +152,8 @@ def test_a_recurrent_node_reading_constant_features_takes_them_into_its_bias(tmp
     # projection, LSTM, classifier
     assert layer_widths(net) == [12, 16, 3]
     assert layer_widths(result.net) == [9, 15, 3]
+    vdcore.sparsify_(net)  # the table becomes an EmbeddingSVD: checks still draw ids from all its rows
+    assert net.vocabulary == 50 and int(net.example_input(64).max()) > 1
 
 
 def test_a_handmade_gemm_network_shrinks_its_hidden_layer(tmp_path):
