@@ -137,7 +137,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def test_a_job_runs_through_the_stack_and_its_model_runs_in_onnxruntime(stack, tmp_path):
     report = submit_and_check(stack.base, stack.auth, tmp_path)
-    assert report["accuracy"]["after"] > 0.8
+    assert report["accuracy"]["after"] > 0.5  # a short job on 1200 digits; chance is 0.1
 
 
 def test_two_workers_run_two_jobs_at_once(stack):
