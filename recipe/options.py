@@ -79,6 +79,11 @@ class JobOptions(BaseModel):
         description="with max_accuracy_drop or min_compression: stop Sparse VD training once the objective is met "
         "and its pick (compression under a budget, accuracy above a floor) has not improved for this many epochs",
     )
+    curve_exports: int = Field(
+        3, ge=0, le=32,
+        description="points of the trade-off curve exported and timed for the report: the pick, then both ends "
+        "and between (0: none, a few seconds less per job)",
+    )
     val_fraction: float = Field(
         0.1, ge=0, lt=1, description="fraction of the training data held out for validation, when none is given"
     )

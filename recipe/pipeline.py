@@ -299,9 +299,10 @@ def _choose_threshold(model: nn.Module, options: JobOptions, evaluation: tuple[t
         return deploy(network, example, batch)
 
     if objective is None:
-        choice = curve(model, evaluation, options.threshold, deploy=deployer)
+        choice = curve(model, evaluation, options.threshold, deploy=deployer, exports=options.curve_exports)
     else:
-        choice = search(model, evaluation, objective, accuracy_before, deploy=deployer)
+        choice = search(model, evaluation, objective, accuracy_before, deploy=deployer,
+                        exports=options.curve_exports)
     set_threshold_(model, choice.chosen.threshold)
     return choice, time.perf_counter() - started
 

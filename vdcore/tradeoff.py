@@ -31,7 +31,7 @@ ObjectiveKind = Literal["max_accuracy_drop", "min_compression", "max_file_bytes"
 DEPLOYED_KINDS = ("max_file_bytes", "max_latency_ms")  # judged on the exported file, not on the weights
 GRID = tuple(float(t) for t in np.arange(-8.0, 7.51, 0.5))  # the clip range of log alpha; 3 is the paper's
 BISECTIONS = 5
-CURVE_DEPLOYED = 3  # points of every curve exported and timed, for the report: the pick and both ends
+CURVE_EXPORTS = 3  # points of a curve exported and timed for the report by default: the pick and both ends
 Deploy = Callable[[nn.Module, int], Deployed]  # a network at its layers' thresholds, exported, timed at a batch
 
 
@@ -146,23 +146,24 @@ def sweep(model: nn.Module, data: Data, thresholds: tuple[float, ...] = GRID) ->
 
 
 def curve(model: nn.Module, data: Data, threshold: float, thresholds: tuple[float, ...] = GRID,
-          deploy: Deploy | None = None) -> Choice:
+          deploy: Deploy | None = None, exports: int = CURVE_EXPORTS) -> Choice:
     """The trade-off around a threshold the user gave: its network among the grid's, for the report's curve;
-    with ``deploy``, it and a few others exported and timed."""
+    with ``deploy``, it and others spread along the curve, ``exports`` in all, exported and timed."""
     measured = sweep(model, data, tuple({*thresholds, threshold}))
     candidates = tuple(c for c in measured if c.nonzero or c.threshold == threshold)
     chosen = next(c for c in candidates if c.threshold == threshold)
     if deploy is not None:
-        candidates, chosen = _deploy_some(model, candidates, chosen, deploy, 1)
+        candidates, chosen = _deploy_some(model, candidates, chosen, deploy, 1, exports)
     return Choice(None, chosen, candidates, 0.0)
 
 
 def search(model: nn.Module, data: Data, objective: Objective, dense_accuracy: float,
-           thresholds: tuple[float, ...] = GRID, deploy: Deploy | None = None) -> Choice:
+           thresholds: tuple[float, ...] = GRID, deploy: Deploy | None = None, exports: int = CURVE_EXPORTS
+           ) -> Choice:
     """The threshold meeting ``objective`` best on ``data`` (``dense_accuracy``: the dense network's there).
 
     ``deploy`` exports and times a network; an objective on the shipped file or its latency needs it, and with
-    any objective a few points of the curve are deployed for the report.
+    any objective the pick and others spread along the curve, ``exports`` in all, are deployed for the report.
     """
     if objective.deployed and deploy is None:
         raise ValueError(f"{objective.kind} is judged on exported networks: give deploy")
@@ -185,7 +186,7 @@ def search(model: nn.Module, data: Data, objective: Objective, dense_accuracy: f
     else:
         chosen = _best(candidates, objective, dense_accuracy)
     if deploy is not None:
-        candidates, chosen = _deploy_some(model, candidates, chosen, deploy, objective.batch)
+        candidates, chosen = _deploy_some(model, candidates, chosen, deploy, objective.batch, exports)
     return Choice(objective, chosen, candidates, objective.shortfall(chosen, dense_accuracy))
 
 
@@ -256,13 +257,12 @@ def _deployed(model: nn.Module, candidate: Candidate, deploy: Deploy, batch: int
 
 
 def _deploy_some(model: nn.Module, candidates: tuple[Candidate, ...], chosen: Candidate, deploy: Deploy,
-                 batch: int) -> tuple[tuple[Candidate, ...], Candidate]:
-    """The pick and others spread over the curve (with 3, the most compressed and the least) deployed at
-    ``batch``, so the report shows what a threshold does to the file and the latency; returns the candidates and
-    the pick."""
-    last = len(candidates) - 1
-    spread = {candidates[round(i * last / (CURVE_DEPLOYED - 2))].threshold for i in range(CURVE_DEPLOYED - 1)}
-    wanted = spread | {chosen.threshold}
+                 batch: int, exports: int) -> tuple[tuple[Candidate, ...], Candidate]:
+    """The pick and ``exports - 1`` others spread over the curve (with 3, the most compressed and the least)
+    deployed at ``batch``, so the report shows what a threshold does to the file and the latency; returns the
+    candidates and the pick."""
+    spread = np.linspace(0, len(candidates) - 1, max(0, exports - 1)).round().astype(int)
+    wanted = {candidates[i].threshold for i in spread} | ({chosen.threshold} if exports else set())
     updated = tuple(_deployed(model, c, deploy, batch) if c.threshold in wanted and c.nonzero else c
                     for c in candidates)
     return updated, next(c for c in updated if c.threshold == chosen.threshold)

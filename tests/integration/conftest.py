@@ -191,7 +191,8 @@ def job_request(epochs: int) -> dict[str, Any]:
     return {
         "model": {"preset": "lenet-300-100"},
         "dataset": {"builtin": "digits"},
-        "options": {"epochs": epochs, "pretrain_epochs": 1, "batch_size": 50, "lr": 0.003, "device": "cpu"},
+        "options": {"epochs": epochs, "pretrain_epochs": 1, "batch_size": 50, "lr": 0.003, "device": "cpu",
+                    "curve_exports": 0},
     }
 
 

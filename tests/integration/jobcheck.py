@@ -16,7 +16,7 @@ from vdcore.export import onnx_session
 REQUEST = {
     "model": {"preset": "lenet-300-100"},
     "dataset": {"builtin": "digits"},
-    "options": {"epochs": 6, "pretrain_epochs": 3, "batch_size": 50, "lr": 0.003},
+    "options": {"epochs": 6, "pretrain_epochs": 3, "batch_size": 50, "lr": 0.003, "curve_exports": 0},
 }
 
 

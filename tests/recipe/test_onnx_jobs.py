@@ -12,7 +12,7 @@ from tests.vdcore.graph.nets import ResNetish, export, handmade_mlp
 from vdcore.data import load_digits
 from vdcore.export import onnx_session
 
-QUICK = JobOptions(epochs=4, finetune_epochs=1, batch_size=50, lr=3e-3, device="cpu")
+QUICK = JobOptions(epochs=4, finetune_epochs=1, batch_size=50, lr=3e-3, device="cpu", curve_exports=0)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from tests.vdcore.test_embedding import VOCABULARY, TokenClassifier
 from vdcore.data import load_digits
 from vdcore.export import onnx_session
 
-QUICK = JobOptions(epochs=3, pretrain_epochs=2, finetune_epochs=1, batch_size=50, lr=1e-2, device="cpu")
+QUICK = JobOptions(epochs=3, pretrain_epochs=2, finetune_epochs=1, batch_size=50, lr=1e-2, device="cpu",
+                   curve_exports=0)
 TEXT = {"preset": "text-lstm", "input_shape": [10], "vocabulary": 120, "embedding_dim": 8, "hidden_size": 16}
 
 

@@ -16,7 +16,7 @@ from vdcore.data import load_digits
 from vdcore.export import onnx_session
 from worker.execute import execute_job
 
-QUICK = {"epochs": 3, "finetune_epochs": 1, "batch_size": 50, "lr": 3e-3, "device": "cpu"}
+QUICK = {"epochs": 3, "finetune_epochs": 1, "batch_size": 50, "lr": 3e-3, "device": "cpu", "curve_exports": 0}
 
 
 def _run(client, job_id: str) -> str:

@@ -15,7 +15,8 @@ from tests.service.test_onnx_upload import _run
 from tests.service.test_routes import multipart, upload_dir_is_empty
 
 TEXT = {"preset": "text-lstm", "input_shape": [10], "vocabulary": 120, "embedding_dim": 8, "hidden_size": 16}
-QUICK = {"epochs": 2, "pretrain_epochs": 2, "finetune_epochs": 1, "batch_size": 50, "lr": 1e-2, "device": "cpu"}
+QUICK = {"epochs": 2, "pretrain_epochs": 2, "finetune_epochs": 1, "batch_size": 50, "lr": 1e-2, "device": "cpu",
+         "curve_exports": 0}
 
 
 def _tokens(count: int = 600, high: int = 120) -> dict[str, np.ndarray]:

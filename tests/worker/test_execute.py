@@ -18,7 +18,7 @@ from service.states import JobState
 from service.storage import Storage
 from worker.execute import INTERNAL_ERROR, execute_job
 
-FAST = {"epochs": 2, "pretrain_epochs": 1, "batch_size": 100, "device": "cpu"}
+FAST = {"epochs": 2, "pretrain_epochs": 1, "batch_size": 100, "device": "cpu", "curve_exports": 0}
 
 
 @pytest.fixture
