@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from vdcore.export import export_onnx
 from vdcore.graph import OnnxNet, shrink_onnx
 from vdcore.latency import measure_latency
+from vdcore.layout import input_forms
 from vdcore.prune import prune
-from vdcore.shrink import GatherInput, shrink
 
 RUNS = 50  # enough for a stable median of a small network; the shipped file is timed again, longer
 
@@ -48,9 +48,7 @@ def deploy(model: nn.Module, example: Tensor, batch: int = 1, runs: int = RUNS) 
         if isinstance(pruned, OnnxNet):
             shrink_onnx(pruned).save(paths[0])
         else:
-            forms = [shrink(pruned, example, gather_inputs=True)]
-            if any(isinstance(m, GatherInput) for m in forms[0]):
-                forms.append(shrink(pruned, example, gather_inputs=False))
+            forms = input_forms(pruned, example)
             paths = [Path(scratch) / f"candidate-{i}.onnx" for i in range(len(forms))]
             for form, path in zip(forms, paths, strict=True):
                 export_onnx(form, path, example)

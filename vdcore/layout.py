@@ -146,6 +146,15 @@ class Fastest:
     notes: tuple[str, ...] = ()  # what the form leaves undone, for the report's reader
 
 
+def input_forms(pruned: nn.Module, example: torch.Tensor) -> list[nn.Sequential]:
+    """``pruned`` shrunk with a Gather of the inputs its first layer reads and, when that form has one, also with
+    zero weights for the rest: the forms a job can ship, which compute the same."""
+    forms = [shrink(pruned, example, gather_inputs=True)]
+    if any(isinstance(m, GatherInput) for m in forms[0]):
+        forms.append(shrink(pruned, example, gather_inputs=False))
+    return forms
+
+
 def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportResult, out: Path,
                    smallest: bool = False) -> Fastest:
     """Shrink ``pruned`` and write it to ``out/model.onnx`` in its fastest form (with ``smallest``, its smallest
@@ -161,9 +170,7 @@ def export_fastest(pruned: nn.Module, example: torch.Tensor, baseline: ExportRes
     """
     if isinstance(pruned, OnnxNet):
         return _fastest_graph(pruned, example, baseline, out, smallest)
-    shrunk = [shrink(pruned, example, gather_inputs=True)]
-    if any(isinstance(m, GatherInput) for m in shrunk[0]):
-        shrunk.append(shrink(pruned, example, gather_inputs=False))
+    shrunk = input_forms(pruned, example)
     forms: list[tuple[nn.Sequential, nn.Sequential, int]] = []  # (form, shrunk network, channel multiple)
     for small in shrunk:
         widths: list[list[int]] = []

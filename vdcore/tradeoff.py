@@ -183,6 +183,7 @@ def search(model: nn.Module, data: Data, objective: Objective, dense_accuracy: f
         raise ValueError("every threshold searched drops all the weights; train with a smaller KL or fewer epochs")
     if objective.deployed:
         chosen = _best_deployed(model, candidates, objective, edge, deploy)
+        candidates = tuple(chosen if c.threshold == chosen.threshold else c for c in candidates)
     else:
         chosen = _best(candidates, objective, dense_accuracy)
     if deploy is not None:

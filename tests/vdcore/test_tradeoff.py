@@ -131,6 +131,9 @@ def test_a_file_budget_gets_the_most_accurate_network_that_fits_exporting_few(tr
     assert choice.chosen.accuracy >= max(c.accuracy for c, d in brute if d.file_bytes <= budget and c.nonzero)
     exported = [c for c in choice.candidates if c.deployed is not None]
     assert len(exported) <= 6 + BISECTIONS + CURVE_EXPORTS < len(GRID), "a bisection, not every threshold"
+    without_curve = search(model, val, Objective("max_file_bytes", budget), dense, deploy=deployer, exports=0)
+    assert without_curve.chosen == next(c for c in without_curve.candidates if c.threshold == choice.chosen.threshold)
+    assert without_curve.met and without_curve.chosen.threshold == choice.chosen.threshold
 
 
 def test_a_latency_budget_is_met_by_the_most_accurate_network_or_missed_by_the_smallest(trained, deployer):
